@@ -1,0 +1,188 @@
+"""Building blocks shared by every SegNet variant (spec §1), NHWC, parameters in float32.
+
+- `BatchNorm`: PyTorch's BatchNorm2d semantics (momentum 0.1 in PyTorch's sense = 0.9 here, eps 1e-5,
+  running variance updated with the *unbiased* batch variance), optionally with statistics over a
+  named device axis so that the result does not depend on how the batch is split over devices.
+- `ConvBlock`: 3x3 conv (with bias, as every reference conv) + BatchNorm + ReLU.
+- `AttentionMask`: MTAN's g and h: 1x1 conv + BN + ReLU, then 1x1 conv + BN + sigmoid.
+- `PredictionHead`: 3x3 conv + 1x1 conv, nothing between them (as the reference).
+- `task_output`: the task activations: log-softmax, identity, L2 normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtan_jax import tasks as tasks_lib
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# PyTorch's xavier_normal_ / xavier_uniform_ (gain 1): fan = channels * kernel area, *untruncated*
+# normal. `jax.nn.initializers.glorot_normal` is truncated, so it is not used.
+xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+class BatchNorm(nn.Module):
+  """Batch normalisation over `[B, H, W, C]` with PyTorch's BatchNorm2d semantics.
+
+  Differs from `flax.linen.BatchNorm` in one way that matters for faithful training: the running
+  variance is updated with the unbiased batch variance (times n / (n - 1)), as PyTorch does. Statistics
+  are two-pass (mean, then mean squared deviation) in float32 whatever the compute dtype.
+
+  Attributes:
+    momentum: weight of the old running statistics (PyTorch momentum 0.1 = 0.9 here).
+    epsilon: added to the variance.
+    dtype: output dtype.
+    axis_name: a pmap/shard_map axis over which batch statistics are averaged (global-batch BN);
+      None for per-device statistics.
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    if train:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      count = xf.size // channels
+      mean = jnp.mean(xf, axis=axes)
+      if self.axis_name is not None:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        count = count * jax.lax.axis_size(self.axis_name)
+      var = jnp.mean(jnp.square(xf - mean), axis=axes)
+      if self.axis_name is not None:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (count / max(count - 1, 1))
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+    else:
+      mean, var = running_mean.value, running_var.value
+    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+    y = (x.astype(jnp.float32) - mean) * multiplier + bias
+    return y.astype(self.dtype)
+
+
+class ConvBlock(nn.Module):
+  """3x3 conv (padding 1, with bias) + BatchNorm + ReLU: `[B, H, W, Cin]` -> `[B, H, W, features]`."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = xavier_normal
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv")(x)
+    x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name="bn")(x, train)
+    return nn.relu(x)
+
+
+class ConvStage(nn.Module):
+  """A run of conv blocks: the reference's "conv layers" of one SegNet stage, in order.
+
+  Attributes:
+    features: output width of each reference conv layer, e.g. (128, 128, 128).
+    convs_per_layer: 1, or 2 for Split-deep (each layer is two conv blocks, the second keeping width).
+
+  Returns `(first, last)`: the output of the first reference layer (MTAN's u in the encoder) and the
+  output of the stage (MTAN's p).
+  """
+
+  features: tuple[int, ...]
+  convs_per_layer: int = 1
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = xavier_normal
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    first = None
+    block = 0
+    for width in self.features:
+      for _ in range(self.convs_per_layer):
+        x = ConvBlock(width, self.dtype, self.kernel_init, self.bn_axis_name,
+                      name=f"block_{block}")(x, train)
+        block += 1
+      if first is None:
+        first = x
+    return first, x
+
+
+class AttentionMask(nn.Module):
+  """MTAN's task mask (g then h): 1x1 conv + BN + ReLU, 1x1 conv + BN + sigmoid.
+
+  `[B, H, W, Cin]` -> `[B, H, W, features]` with values in [0, 1]; the hidden width equals `features`
+  in every SegNet use of the reference.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = xavier_normal
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for name, activation in (("g", nn.relu), ("h", nn.sigmoid)):
+      x = nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=self.kernel_init, name=f"conv_{name}")(x)
+      x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=f"bn_{name}")(x, train)
+      x = activation(x)
+    return x
+
+
+class PredictionHead(nn.Module):
+  """3x3 conv (keeps width) then 1x1 conv to the task's channels; no BN or activation between.
+
+  `[B, H, W, C]` -> `[B, H, W, channels]` in float32 (the task activation follows in float32).
+  """
+
+  channels: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = xavier_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv_3x3")(x)
+    x = nn.Conv(self.channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=self.kernel_init, name="conv_1x1")(x)
+    return x.astype(jnp.float32)
+
+
+def task_output(task: tasks_lib.Task, head_out: jax.Array) -> jax.Array:
+  """The task's activation on its head output `[B, H, W, C]` (float32).
+
+  Segmentation: log-probabilities over classes. Depth: raw. Normals: divided by their L2 norm, with no
+  epsilon, as the reference (an all-zero prediction gives NaN there too).
+  """
+  if task.name == tasks_lib.SEGMENTATION:
+    return jax.nn.log_softmax(head_out, axis=-1)
+  if task.name == tasks_lib.NORMAL:
+    return head_out / jnp.linalg.norm(head_out, axis=-1, keepdims=True)
+  return head_out
+
+
+def check_image(x: jax.Array, model: str) -> None:
+  """Raises ValueError unless `x` is `[B, H, W, 3]` with H and W divisible by 32 (five 2x2 pools)."""
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"{model}: expected an RGB image batch [B, H, W, 3] (NHWC), found shape "
+                     f"{tuple(x.shape)}")
+  if x.shape[1] % 32 or x.shape[2] % 32:
+    raise ValueError(f"{model}: expected height and width divisible by 32 (SegNet pools five times), "
+                     f"found {x.shape[1]}x{x.shape[2]}")

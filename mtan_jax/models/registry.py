@@ -1,0 +1,143 @@
+"""Every model of the paper's tables by name: `build_model(name, tasks, ...)`, parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtan_jax import tasks as tasks_lib
+from mtan_jax.models import baselines
+from mtan_jax.models import mtan
+from mtan_jax.models import segnet
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """How to build one architecture of the paper.
+
+  Attributes:
+    name: registry name.
+    title: the paper's name for it.
+    base_filters: SegNet stage widths at width multiplier 1.
+    single_task: True when the architecture takes exactly one task (Single, STAN).
+    holds_log_variances: True when the reference model holds the uncertainty weighting's log-variances
+      (`logsigma`, one per task). Here they belong to the weighting, not to the network, but they count
+      in the reference's #P.
+    build: (tasks, filters, dtype, bn_axis_name) -> flax module.
+  """
+
+  name: str
+  title: str
+  base_filters: tuple[int, ...]
+  single_task: bool
+  holds_log_variances: bool
+  build: Callable[..., nn.Module]
+
+
+WIDE_FILTERS = (64, 128, 256, 512, 1024)
+
+
+def _dense(tasks, filters, dtype, bn_axis_name):
+  # The reference sizes the dead last block of the shared decoder with its segmentation class count.
+  seg = [t.channels for t in tasks if t.name == tasks_lib.SEGMENTATION]
+  return baselines.DenseSegNet(tasks, filters, seg[0] if seg else 13, dtype, bn_axis_name)
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec("single", "One Task", segnet.VGG16_FILTERS, True, False,
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
+    ModelSpec("stan", "STAN", segnet.VGG16_FILTERS, True, False,
+              lambda t, f, d, a: mtan.MTAN(t, f, d, a)),
+    ModelSpec("split_standard", "Split, Standard", segnet.VGG16_FILTERS, False, True,
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
+    ModelSpec("split_wide", "Split, Wide", WIDE_FILTERS, False, True,
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
+    ModelSpec("split_deep", "Split, Deep", segnet.VGG16_FILTERS, False, True,
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 2, d, a)),
+    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense),
+    ModelSpec("cross_stitch", "Cross-Stitch", segnet.VGG16_FILTERS, False, True,
+              lambda t, f, d, a: baselines.CrossStitchSegNet(t, f, d, a)),
+    ModelSpec("mtan", "MTAN", segnet.VGG16_FILTERS, False, True,
+              lambda t, f, d, a: mtan.MTAN(t, f, d, a)),
+)}
+MODEL_NAMES = tuple(MODELS)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def get_spec(name: str) -> ModelSpec:
+  if name not in MODELS:
+    raise ValueError(f"model: expected one of {MODEL_NAMES}, found {name!r}")
+  return MODELS[name]
+
+
+def scaled_filters(name: str, width_mult: float = 1.0,
+                   filters: tuple[int, ...] | None = None) -> tuple[int, ...]:
+  """The stage widths of model `name`: explicit `filters`, or its base widths times `width_mult`."""
+  if filters is not None:
+    filters = tuple(int(f) for f in filters)
+    if len(filters) != 5 or min(filters) < 1:
+      raise ValueError(f"filters: expected five positive stage widths, found {filters}")
+    return filters
+  if width_mult <= 0:
+    raise ValueError(f"width_mult: expected a positive number, found {width_mult}")
+  return tuple(max(1, int(round(f * width_mult))) for f in get_spec(name).base_filters)
+
+
+def build_model(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: float = 1.0,
+                filters: tuple[int, ...] | None = None, dtype: Any = jnp.float32,
+                bn_axis_name: str | None = None) -> nn.Module:
+  """Builds model `name` for `tasks`.
+
+  Args:
+    name: one of `MODEL_NAMES`.
+    tasks: the tasks (one for "single" and "stan").
+    width_mult: multiplies every stage width (e.g. 1/16 for tests); ignored when `filters` is given.
+    filters: explicit five stage widths.
+    dtype: compute dtype, jnp.float32 (default) or jnp.bfloat16 (or their names); parameters stay
+      float32 and outputs are float32.
+    bn_axis_name: device axis over which BatchNorm averages batch statistics (global-batch BN under
+      pmap), or None for per-device statistics.
+
+  Returns:
+    A flax module: `module.init(rng, images)` and `module.apply(variables, images, train=...)`,
+    images `[B, H, W, 3]` with H and W divisible by 32; outputs `{task name: [B, H, W, channels]}`.
+  """
+  spec = get_spec(name)
+  tasks = tuple(tasks)
+  if not tasks or not all(isinstance(t, tasks_lib.Task) for t in tasks):
+    raise ValueError(f"tasks: expected a non-empty tuple of mtan_jax.tasks.Task, found {tasks!r}")
+  if len({t.name for t in tasks}) != len(tasks):
+    raise ValueError(f"tasks: expected distinct task names, found {[t.name for t in tasks]}")
+  if spec.single_task and len(tasks) != 1:
+    raise ValueError(f"model {name!r} is single-task: expected one task, found "
+                     f"{[t.name for t in tasks]} (build one model per task)")
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, found {dtype!r}")
+    dtype = DTYPES[dtype]
+  return spec.build(tasks, scaled_filters(name, width_mult, filters), dtype, bn_axis_name)
+
+
+def abstract_variables(model: nn.Module, height: int = 64, width: int = 64) -> Any:
+  """The model's variables as `jax.ShapeDtypeStruct`s, from `jax.eval_shape` (no compute)."""
+  images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
+
+
+def count_parameters(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: float = 1.0,
+                     filters: tuple[int, ...] | None = None) -> int:
+  """Trainable parameters of model `name` as the reference counts them (spec §16).
+
+  Every parameter of the network, plus one uncertainty log-variance per task where the reference model
+  holds them; BatchNorm running statistics excluded. Computed with `jax.eval_shape`, no compute.
+  """
+  model = build_model(name, tasks, width_mult=width_mult, filters=filters)
+  params = abstract_variables(model)["params"]
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+  return count + (len(tasks) if get_spec(name).holds_log_variances else 0)

@@ -1,0 +1,1 @@
+def load_torch_state_dict(*a, **k): raise NotImplementedError

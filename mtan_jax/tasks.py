@@ -1,0 +1,82 @@
+"""Task definitions: what each dense-prediction task predicts, and the task sets of the datasets.
+
+A model is built for a tuple of `Task`s; its outputs are a dict keyed by `Task.name`, so any subset of
+tasks (NYUv2 has three, CityScapes two) flows through the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SEGMENTATION = "segmentation"
+DEPTH = "depth"
+NORMAL = "normal"
+TASK_NAMES = (SEGMENTATION, DEPTH, NORMAL)
+
+# The datasets of the paper and their segmentation class counts (spec §13).
+NYUV2 = "nyuv2"
+CITYSCAPES = "cityscapes"
+DATASETS = (NYUV2, CITYSCAPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One dense-prediction task.
+
+  Attributes:
+    name: "segmentation" (log-probabilities over `channels` classes), "depth" (one raw channel) or
+      "normal" (three channels of unit length).
+    channels: output channels of the task head: the class count for segmentation, 1 for depth, 3 for
+      normals.
+  """
+
+  name: str
+  channels: int
+
+  def __post_init__(self):
+    if self.name not in TASK_NAMES:
+      raise ValueError(f"Task.name: expected one of {TASK_NAMES}, found {self.name!r}")
+    expected = {DEPTH: 1, NORMAL: 3}.get(self.name)
+    if expected is not None and self.channels != expected:
+      raise ValueError(f"Task.channels for {self.name!r}: expected {expected}, found {self.channels}")
+    if self.name == SEGMENTATION and self.channels < 2:
+      raise ValueError(f"Task.channels for 'segmentation': expected a class count >= 2, "
+                       f"found {self.channels}")
+
+
+def segmentation(num_classes: int) -> Task:
+  """Semantic segmentation into `num_classes` classes (label -1 = unlabelled)."""
+  return Task(SEGMENTATION, num_classes)
+
+
+def depth() -> Task:
+  """Per-pixel depth (metres for NYUv2, inverse depth for CityScapes); 0 in the target = invalid."""
+  return Task(DEPTH, 1)
+
+
+def normal() -> Task:
+  """Per-pixel camera-frame surface normal; an all-zero target vector = invalid."""
+  return Task(NORMAL, 3)
+
+
+def dataset_tasks(dataset: str, names: tuple[str, ...] | None = None,
+                  num_classes: int | None = None) -> tuple[Task, ...]:
+  """The tasks of `dataset` in the reference's order, or the subset `names` (kept in that order).
+
+  NYUv2: 13-class segmentation, depth, normals. CityScapes: 7-class segmentation (19 with
+  `num_classes=19`) and depth.
+  """
+  if dataset == NYUV2:
+    classes, available = 13, (SEGMENTATION, DEPTH, NORMAL)
+  elif dataset == CITYSCAPES:
+    classes, available = 7, (SEGMENTATION, DEPTH)
+  else:
+    raise ValueError(f"dataset: expected one of {DATASETS}, found {dataset!r}")
+  if num_classes is not None:
+    classes = num_classes
+  names = available if names is None else tuple(names)
+  unknown = [n for n in names if n not in available]
+  if unknown or not names or len(set(names)) != len(names):
+    raise ValueError(f"tasks for {dataset}: expected distinct names from {available}, found {names}")
+  build = {SEGMENTATION: lambda: segmentation(classes), DEPTH: depth, NORMAL: normal}
+  return tuple(build[n]() for n in names)
