@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax.traverse_util
-import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtan_jax import tasks as tasks_lib
@@ -169,8 +169,9 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
   flat_stats = flax.traverse_util.flatten_dict(abstract["batch_stats"])
 
   # target: torch key -> (collection, flax leaf path, kind of conversion, expected flax shape)
+  entries = reference_entries(model_name, tasks, model.filters)
   target: dict[str, tuple[str, tuple[str, ...], str, tuple[int, ...]]] = {}
-  for flax_path, prefix, kind in reference_entries(model_name, tasks, model.filters):
+  for flax_path, prefix, kind in entries:
     if kind == "conv":
       leaves = (("params", "kernel", "conv_kernel"), ("params", "bias", "copy"))
     else:
@@ -193,8 +194,7 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
     raise AssertionError(f"import mapping of {model_name!r} misses {sorted(unmapped - mapped)}")
 
   given = {key: np.asarray(value) for key, value in state_dict.items()}
-  optional = {f"{prefix}.num_batches_tracked" for _, prefix, kind in
-              reference_entries(model_name, tasks, model.filters) if kind == "bn"}
+  optional = {f"{prefix}.num_batches_tracked" for _, prefix, kind in entries if kind == "bn"}
   missing = sorted(set(target) - set(given))
   unexpected = sorted(set(given) - set(target) - optional)
   wrong_shape = []
@@ -219,9 +219,9 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
     if conversion == "conv_kernel":
       value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
     if collection == "log_variance":
-      variables["log_variance"] = {t.name: jax.numpy.asarray(value[i]) for i, t in enumerate(tasks)}
+      variables["log_variance"] = {t.name: jnp.asarray(value[i]) for i, t in enumerate(tasks)}
     else:
-      collections[collection][path] = jax.numpy.asarray(value)
+      collections[collection][path] = jnp.asarray(value)
   for collection, flat in collections.items():
     variables[collection] = flax.traverse_util.unflatten_dict(flat)
   return variables
