@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from mtan_jax.data import memory
 from mtan_jax.data import raycast
 from mtan_jax.data.raycast import Surface
 
@@ -220,6 +221,7 @@ def render_indoor(seed: int, index: int, height: int = 288, width: int = 384,
     With `return_camera`, also focal (pixels), camera_height (metres above the floor) and
     rotation (`[3, 3]` camera-to-world, world Y up).
   """
+  memory.keep_freed_memory()
   rng = _rng(seed, index, 13)
   room_w, room_d, room_h = rng.uniform(3.0, 6.0), rng.uniform(4.0, 7.5), rng.uniform(2.4, 3.0)
   room = ((-room_w / 2, room_w / 2), room_h, (-1.0, room_d - 1.0))
@@ -302,6 +304,7 @@ def render_street(seed: int, index: int, height: int = 128, width: int = 256,
     depth `[H, W, 1]` float32 *inverse* depth as the release stores it, (256 * disparity + 1) / 65535
     with disparity = baseline * focal / z at Cityscapes' full resolution; 0 = invalid (sky, holes).
   """
+  memory.keep_freed_memory()
   rng = _rng(seed, index, 7)
   road, walk = float(rng.uniform(3.5, 7.0)), float(rng.uniform(2.0, 4.0))
   cam_h = float(rng.uniform(1.2, 1.5))

@@ -1,0 +1,244 @@
+"""The input pipeline: task-keyed examples, split carving, shuffling by epoch, augmentation, device
+batches, multi-host shards and background workers.
+
+    config = DataConfig(dataset="nyuv2")                      # synthetic scenes: no release_dir
+    train = Loader(open_split(config, "train", tasks), global_batch_size=8, shuffle=True, ...)
+    for batch in train.epoch(epoch):                           # [devices, per-device batch, ...]
+      ...
+
+Examples are dicts keyed like the model outputs: "image" `[H, W, 3]` float32, "segmentation"
+`[H, W]` int32 (-1 = unlabelled), "depth" `[H, W, 1]` float32 (0 = invalid), "normal" `[H, W, 3]`
+float32 (0 = invalid). Evaluation batches carry a "mask" `[devices, per-device batch]` that is False
+on the padding of the last batch, so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from mtan_jax import tasks as tasks_lib
+from mtan_jax.data import augment as augment_lib
+from mtan_jax.data import builders
+from mtan_jax.data import memory
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the data comes from and how it is split and augmented."""
+
+  dataset: str = "nyuv2"  # "nyuv2" or "cityscapes"
+  release_dir: str | None = None  # the release folder; None: the built-in synthetic scenes
+  data_dir: str | None = None  # where built TFDS datasets live (None: ~/tensorflow_datasets)
+  resolution: tuple[int, int] | None = None  # None: 288x384 (NYUv2), 128x256 (CityScapes)
+  num_classes: int | None = None  # CityScapes: 7 (default) or 19
+  synthetic_size: tuple[int, int] = (795, 654)  # synthetic (train, test) examples
+  synthetic_seed: int = 0
+  validation_fraction: float = 0.0  # share of "train" held out as "validation"
+  validation_seed: int = 0  # which examples are held out (independent of the training seed)
+  augment: bool = False  # the reference's scale-crop and flip, on "train" only
+
+
+class TaskSource:
+  """Random access to one split as task-keyed examples (a sequence; `len`, `[i]`).
+
+  Args:
+    source: a TFDS data source of a builder in `builders`.
+    positions: which records of `source` form the split.
+    tasks: the tasks whose targets to return.
+    label_field: the release field holding the segmentation labels (label, label_7, label_19).
+  """
+
+  def __init__(self, source, positions: np.ndarray, tasks: Sequence[tasks_lib.Task],
+               label_field: str):
+    self.source, self.positions = source, np.asarray(positions)
+    self.tasks, self.label_field = tuple(tasks), label_field
+
+  def __len__(self) -> int:
+    return len(self.positions)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    record = self.source[int(self.positions[i])]
+    example = {"image": np.asarray(record["image"], np.float32)}
+    for task in self.tasks:
+      if task.name == tasks_lib.SEGMENTATION:
+        example["segmentation"] = np.asarray(record[self.label_field], np.int32)
+      else:
+        example[task.name] = np.asarray(record[task.name], np.float32)
+    return example
+
+
+def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
+               prepare: bool = True) -> TaskSource:
+  """One split ("train", "validation" or "test") of the configured dataset, built if needed.
+
+  "validation" is `config.validation_fraction` of the release's train split, chosen by
+  `config.validation_seed`; "train" is then the rest. "test" is the release's val folder.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split: expected one of {SPLITS}, found {split!r}")
+  if not 0.0 <= config.validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction: expected a number in [0, 1), found "
+                     f"{config.validation_fraction}")
+  kwargs = dict(data_dir=config.data_dir, release_dir=config.release_dir,
+                resolution=config.resolution, synthetic_size=config.synthetic_size,
+                seed=config.synthetic_seed)
+  b = builders.prepare(config.dataset, **kwargs) if prepare else builders.builder(
+      config.dataset, **kwargs)
+  source = b.as_data_source()["test" if split == "test" else "train"]
+  positions = np.arange(len(source))
+  if split != "test" and config.validation_fraction > 0:
+    order = np.random.default_rng([7, config.validation_seed]).permutation(len(source))
+    held_out = int(round(config.validation_fraction * len(source)))
+    positions = np.sort(order[:held_out] if split == "validation" else order[held_out:])
+    if len(positions) == 0:
+      raise ValueError(f"validation_fraction {config.validation_fraction} of {len(source)} "
+                       f"examples leaves split {split!r} empty")
+  classes = config.num_classes or (13 if config.dataset == "nyuv2" else 7)
+  label_field = "label" if config.dataset == "nyuv2" else f"label_{classes}"
+  if config.dataset == "cityscapes" and classes not in (7, 19):
+    raise ValueError(f"num_classes for cityscapes: expected 7 or 19, found {classes}")
+  return TaskSource(source, positions, tasks, label_field)
+
+
+def _zeros_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A padding example: zero image, every target invalid (-1 labels, 0 depth and normals)."""
+  return {k: (np.full_like(v, -1) if k == "segmentation" else np.zeros_like(v))
+          for k, v in example.items()}
+
+
+class Loader:
+  """Batches of one split for `local_devices` devices of process `process_index`.
+
+  Every process computes the same order for an epoch (from `seed` and the epoch number) and reads
+  only its own contiguous share of each global batch. Augmentation draws from (seed, epoch, position
+  in the epoch), so results do not depend on worker scheduling or on the number of processes.
+
+  Args:
+    source: the split (`open_split`).
+    global_batch_size: examples per step over all processes and devices.
+    local_devices: devices of this process; batches are `[local_devices, per-device batch, ...]`.
+    shuffle: a new order every epoch (training); else the split's order (evaluation).
+    seed: shuffling and augmentation seed.
+    augment: apply `augment.random_scale_crop_flip`.
+    drop_remainder: drop the last partial global batch (training: every step has the same batch
+      statistics); else pad it and mark the padding in "mask" (evaluation: nothing dropped or
+      counted twice).
+    depth_power: 1 (metric depth) or -1 (inverse depth) for the augmentation's depth scaling.
+    process_index, process_count: this process and how many read the split.
+    workers: background threads that read and augment examples (the record reader and numpy release
+      the GIL for most of the work); 0 reads in the caller.
+    prefetch: batches prepared ahead.
+  """
+
+  def __init__(self, source: Sequence[dict[str, np.ndarray]], *, global_batch_size: int,
+               local_devices: int = 1, shuffle: bool = False, seed: int = 0, augment: bool = False,
+               drop_remainder: bool = False, depth_power: int = 1, process_index: int = 0,
+               process_count: int = 1, workers: int = 8, prefetch: int = 4):
+    shards = local_devices * process_count
+    if global_batch_size < 1 or global_batch_size % shards:
+      raise ValueError(f"global_batch_size: expected a positive multiple of the {shards} devices "
+                       f"({process_count} process(es) x {local_devices}), found {global_batch_size}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
+    if drop_remainder and len(source) < global_batch_size:
+      raise ValueError(f"split of {len(source)} examples is smaller than one global batch of "
+                       f"{global_batch_size}")
+    self.source, self.global_batch_size = source, global_batch_size
+    self.local_devices, self.shuffle, self.seed = local_devices, shuffle, seed
+    self.augment, self.drop_remainder, self.depth_power = augment, drop_remainder, depth_power
+    self.process_index, self.process_count = process_index, process_count
+    self.workers, self.prefetch = workers, max(prefetch, 1)
+    self.local_batch_size = global_batch_size // process_count
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+    self._orders: dict[int, np.ndarray] = {}
+    memory.keep_freed_memory()
+
+  def close(self) -> None:
+    """Stops the background workers (they are started again when needed)."""
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
+      self._pool = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+    return self._pool
+
+  def __len__(self) -> int:
+    """Batches per epoch."""
+    n, g = len(self.source), self.global_batch_size
+    return n // g if self.drop_remainder else -(-n // g)
+
+  def order(self, epoch: int) -> np.ndarray:
+    """The split's example order in `epoch` (the same on every process)."""
+    n = len(self.source)
+    if not self.shuffle:
+      return np.arange(n)
+    return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+  def _local_positions(self, order: np.ndarray, step: int) -> list[int]:
+    """Epoch positions of this process's share of global batch `step` (>= len: padding)."""
+    first = step * self.global_batch_size + self.process_index * self.local_batch_size
+    return list(range(first, first + self.local_batch_size))
+
+  def _cached_order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._orders:
+      self._orders = {epoch: self.order(epoch)}
+    return self._orders[epoch]
+
+  def _example(self, epoch: int, position: int):
+    order = self._cached_order(epoch)
+    if position >= len(order):
+      return None
+    example = self.source[int(order[position])]
+    if self.augment:
+      rng = np.random.default_rng([self.seed, epoch, position, 1])
+      example = augment_lib.random_scale_crop_flip(example, rng, self.depth_power)
+    return example
+
+  def _assemble(self, examples: list) -> dict[str, np.ndarray]:
+    template = next(e for e in examples if e is not None)
+    mask = np.array([e is not None for e in examples])
+    examples = [e if e is not None else _zeros_like(template) for e in examples]
+    shape = (self.local_devices, self.local_batch_size // self.local_devices)
+    batch = {k: np.stack([e[k] for e in examples]).reshape(shape + template[k].shape)
+             for k in template}
+    if not self.drop_remainder:
+      batch["mask"] = mask.reshape(shape)
+    return batch
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The batches of `epoch`, from step `start_step` on (to resume mid-epoch)."""
+    order = self._cached_order(epoch)
+    steps = range(start_step, len(self))
+    if self.workers <= 0:
+      for step in steps:
+        yield self._assemble([self._example(epoch, p) for p in self._local_positions(order, step)])
+      return
+    pool = self._executor()
+    pending = collections.deque()
+    try:
+      for step in steps:
+        pending.append([pool.submit(self._example, epoch, p)
+                        for p in self._local_positions(order, step)])
+        if len(pending) >= self.prefetch:
+          yield self._assemble([f.result() for f in pending.popleft()])
+      while pending:
+        yield self._assemble([f.result() for f in pending.popleft()])
+    finally:  # an abandoned epoch: drop the work queued for it
+      for futures in pending:
+        for f in futures:
+          f.cancel()

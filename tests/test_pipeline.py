@@ -1,0 +1,119 @@
+"""The input pipeline over a small synthetic TFDS dataset built once for the module."""
+
+import chex
+import numpy as np
+import pytest
+
+from mtan_jax import tasks as tasks_lib
+from mtan_jax.data import pipeline
+
+NYU = tasks_lib.dataset_tasks("nyuv2")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  return pipeline.DataConfig(data_dir=str(tmp_path_factory.mktemp("tfds")), resolution=(64, 96),
+                             synthetic_size=(11, 5), validation_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def train(config):
+  return pipeline.open_split(config, "train", NYU)
+
+
+def test_splits_partition_the_release_train_split(config):
+  train = pipeline.open_split(config, "train", NYU)
+  validation = pipeline.open_split(config, "validation", NYU)
+  test = pipeline.open_split(config, "test", NYU)
+  assert (len(train), len(validation), len(test)) == (9, 2, 5)
+  assert set(train.positions).isdisjoint(validation.positions)
+  assert sorted(set(train.positions) | set(validation.positions)) == list(range(11))
+  example = test[0]
+  chex.assert_shape([example["image"], example["segmentation"], example["depth"],
+                     example["normal"]], [(64, 96, 3), (64, 96), (64, 96, 1), (64, 96, 3)])
+  chex.assert_type([example["image"], example["segmentation"]], [np.float32, np.int32])
+  depth_only = pipeline.open_split(config, "test", tasks_lib.dataset_tasks("nyuv2", ("depth",)))
+  assert set(depth_only[0]) == {"image", "depth"}
+
+
+def test_cityscapes_synthetic_split_takes_the_chosen_label_set(tmp_path):
+  config = pipeline.DataConfig(dataset="cityscapes", data_dir=str(tmp_path), resolution=(32, 64),
+                               synthetic_size=(2, 1), num_classes=19)
+  example = pipeline.open_split(config, "test", tasks_lib.dataset_tasks("cityscapes",
+                                                                         num_classes=19))[0]
+  assert example["segmentation"].max() > 6  # 19-class ids, not the 7 categories
+  with pytest.raises(ValueError, match="7 or 19"):
+    pipeline.open_split(pipeline.DataConfig(dataset="cityscapes", data_dir=str(tmp_path),
+                                            resolution=(32, 64), synthetic_size=(2, 1),
+                                            num_classes=5), "test", NYU[:1])
+
+
+def collect(loader, epoch, **kwargs):
+  return list(loader.epoch(epoch, **kwargs))
+
+
+def test_training_batches_are_device_shaped_shuffled_and_complete(train):
+  loader = pipeline.Loader(train, global_batch_size=4, local_devices=2, shuffle=True, seed=3,
+                           drop_remainder=True, workers=0)
+  batches = collect(loader, 0)
+  assert len(batches) == len(loader) == 2  # 9 examples, batches of 4, remainder dropped
+  chex.assert_shape(batches[0]["image"], (2, 2, 64, 96, 3))
+  chex.assert_shape(batches[0]["segmentation"], (2, 2, 64, 96))
+  assert "mask" not in batches[0]
+  # The epoch's examples are distinct and in the epoch's order.
+  order = loader.order(0)
+  images = np.concatenate([b["image"].reshape(-1, 64, 96, 3) for b in batches])
+  for k, image in enumerate(images):
+    np.testing.assert_array_equal(image, train[int(order[k])]["image"])
+  assert not np.array_equal(loader.order(0), loader.order(1))
+  same_seed = pipeline.Loader(train, global_batch_size=4, shuffle=True, seed=3, workers=0)
+  np.testing.assert_array_equal(same_seed.order(5), loader.order(5))
+
+
+def test_evaluation_pads_the_last_batch_and_masks_it(train):
+  loader = pipeline.Loader(train, global_batch_size=4, local_devices=2, workers=0)
+  batches = collect(loader, 0)
+  assert len(batches) == 3  # 4 + 4 + 1 real examples
+  masks = np.concatenate([b["mask"].ravel() for b in batches])
+  assert masks.sum() == len(train) and not masks[-3:].any()
+  images = np.concatenate([b["image"].reshape(-1, 64, 96, 3) for b in batches])[masks]
+  np.testing.assert_array_equal(images, np.stack([train[i]["image"] for i in range(len(train))]))
+  padding = batches[-1]
+  assert np.all(padding["segmentation"].reshape(4, 64, 96)[1:] == -1)  # padded targets invalid
+  assert np.all(padding["depth"].reshape(4, 64, 96, 1)[1:] == 0)
+
+
+def test_processes_read_their_own_share_of_each_global_batch(train):
+  kwargs = dict(global_batch_size=4, shuffle=True, seed=1, augment=True, drop_remainder=True,
+                workers=0)
+  whole = collect(pipeline.Loader(train, local_devices=2, **kwargs), 2)
+  shares = [collect(pipeline.Loader(train, local_devices=1, process_index=p, process_count=2,
+                                    **kwargs), 2) for p in range(2)]
+  for step, batch in enumerate(whole):
+    for key in batch:
+      joined = np.concatenate([shares[0][step][key], shares[1][step][key]])
+      np.testing.assert_array_equal(joined, batch[key])
+
+
+def test_background_workers_give_the_same_batches(train):
+  kwargs = dict(global_batch_size=2, shuffle=True, seed=4, augment=True, drop_remainder=True)
+  serial = collect(pipeline.Loader(train, workers=0, **kwargs), 1)
+  with pipeline.Loader(train, workers=3, prefetch=2, **kwargs) as loader:
+    threaded = collect(loader, 1)
+    again = collect(loader, 1)
+  chex.assert_trees_all_equal(serial, threaded, again)
+
+
+def test_resuming_mid_epoch_continues_the_same_order(train):
+  loader = pipeline.Loader(train, global_batch_size=2, shuffle=True, seed=5, augment=True,
+                           drop_remainder=True, workers=0)
+  chex.assert_trees_all_equal(collect(loader, 3)[2:], collect(loader, 3, start_step=2))
+
+
+def test_bad_loader_settings_are_refused(train):
+  with pytest.raises(ValueError, match="multiple of the 4 devices"):
+    pipeline.Loader(train, global_batch_size=6, local_devices=2, process_count=2)
+  with pytest.raises(ValueError, match="smaller than one global batch"):
+    pipeline.Loader(train, global_batch_size=16, drop_remainder=True)
+  with pytest.raises(ValueError, match="split"):
+    pipeline.open_split(pipeline.DataConfig(), "val", NYU)
