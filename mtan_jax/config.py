@@ -1,0 +1,53 @@
+"""The configuration of a training run: one frozen dataclass, written into the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mtan_jax.data.pipeline import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a run. Defaults are the reference recipe (spec §12) on NYUv2."""
+
+  # What to train.
+  dataset: str = "nyuv2"  # "nyuv2" or "cityscapes"
+  tasks: tuple[str, ...] | None = None  # a subset of the dataset's tasks; None: all of them
+  model: str = "mtan"  # a name of mtan_jax.models.MODEL_NAMES
+  width_mult: float = 1.0  # stage-width multiplier (1: the paper's networks)
+  dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+  weighting: str = "equal"  # a name of mtan_jax.weighting.NAMES
+  temperature: float = 2.0  # DWA's temperature T
+  # How.
+  epochs: int = 200
+  batch_size: int = 2  # global batch, over all devices and hosts
+  eval_batch_size: int = 0  # 0: batch_size
+  lr: float = 1e-4  # Adam
+  lr_halve_epoch: int = 100  # the learning rate is halved after this many epochs (0: never)
+  steps_per_epoch: int = 0  # 0: full epochs; else at most this many steps per epoch
+  seed: int = 0  # parameters, data order, augmentation
+  bn_statistics: str = "global"  # "global": over the global batch; "device": per device
+  metrics: str = "exact"  # "exact" (split-level sums) or "reference" (per-batch averages)
+  data: DataConfig = DataConfig()
+  # Where and bookkeeping.
+  workdir: str = "runs/default"
+  keep_checkpoints: int = 3
+  workers: int = 8  # input-pipeline threads
+  multihost: bool = False  # call jax.distributed.initialize() first
+  progress: bool = True  # a progress bar per epoch
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    d = dict(d)
+    data = dict(d.pop("data", {}))
+    for key in ("resolution", "synthetic_size"):
+      if data.get(key) is not None:
+        data[key] = tuple(data[key])
+    if d.get("tasks") is not None:
+      d["tasks"] = tuple(d["tasks"])
+    return cls(data=DataConfig(**data), **d)

@@ -1,0 +1,223 @@
+"""Training and evaluation of a run, top to bottom: `run(config)`.
+
+Phases: devices and hosts; the run folder (config, resume checks); data; model, weighting and
+optimizer; state (fresh or restored); the epoch loop (train steps, end of epoch, evaluation, logs,
+checkpoint); the summary (mean of the last 10 epochs, as the paper reports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from mtan_jax import checkpoint as checkpoint_lib
+from mtan_jax import metrics as metrics_lib
+from mtan_jax import runlog
+from mtan_jax import tasks as tasks_lib
+from mtan_jax import train_step as step_lib
+from mtan_jax import weighting as weighting_lib
+from mtan_jax.config import TrainConfig
+from mtan_jax.data import pipeline
+from mtan_jax.models import build_model
+
+# Config fields that define a run: resuming with other values is refused.
+IDENTITY_FIELDS = ("dataset", "tasks", "model", "width_mult", "weighting", "temperature", "seed",
+                   "batch_size", "lr", "lr_halve_epoch", "steps_per_epoch", "bn_statistics")
+IDENTITY_DATA_FIELDS = ("release_dir", "resolution", "num_classes", "synthetic_size",
+                        "synthetic_seed", "validation_fraction", "validation_seed", "augment")
+
+
+class RunError(RuntimeError):
+  """A run that cannot start or continue as asked (e.g. a mismatched resume)."""
+
+
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+  """The identity fields on which a checkpoint's config and `config` differ, as readable lines."""
+  current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, like the saved JSON
+  out = []
+  for name in IDENTITY_FIELDS:
+    if saved.get(name) != current[name]:
+      out.append(f"{name}: checkpoint {saved.get(name)!r}, now {current[name]!r}")
+  for name in IDENTITY_DATA_FIELDS:
+    was, now = saved.get("data", {}).get(name), current["data"][name]
+    if was != now:
+      out.append(f"data.{name}: checkpoint {was!r}, now {now!r}")
+  return out
+
+
+def _host(tree):
+  """The first device's copy of a replicated pytree, as numpy."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+
+
+def _resolution(config: TrainConfig) -> tuple[int, int]:
+  if config.data.resolution is not None:
+    return tuple(config.data.resolution)
+  return (288, 384) if config.dataset == "nyuv2" else (128, 256)
+
+
+def run(config: TrainConfig) -> dict[str, Any]:
+  """Trains and evaluates as `config` says; returns {"records", "summary", "state"}."""
+  # Devices and hosts.
+  if config.multihost:
+    jax.distributed.initialize()
+  devices = jax.local_devices()
+  is_main = jax.process_index() == 0
+  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
+
+  # The run folder.
+  workdir = pathlib.Path(config.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  latest = checkpoints.latest()
+  if latest is not None and not config.resume:
+    raise RunError(f"{workdir} already holds a run (checkpoint after epoch {latest}); pass "
+                   f"--resume to continue it, or choose another --workdir")
+  if latest is not None:
+    differences = config_differences(checkpoints.record(latest)["config"], config)
+    if differences:
+      raise RunError(f"cannot resume {workdir}: the checkpoint was made with another "
+                     f"configuration:\n  " + "\n  ".join(differences))
+  if is_main:
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+  # Data.
+  tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
+  data_config = dataclasses.replace(config.data, dataset=config.dataset)
+  global_devices = len(devices) * jax.process_count()
+  loader_args = dict(local_devices=len(devices), seed=config.seed, workers=config.workers,
+                     process_index=jax.process_index(), process_count=jax.process_count(),
+                     depth_power=1 if config.dataset == "nyuv2" else -1)
+  train_loader = pipeline.Loader(pipeline.open_split(data_config, "train", tasks),
+                                 global_batch_size=config.batch_size, shuffle=True,
+                                 augment=config.data.augment, drop_remainder=True, **loader_args)
+  eval_batch = config.eval_batch_size or config.batch_size
+  eval_splits = ["test"] + (["validation"] if config.data.validation_fraction > 0 else [])
+  eval_loaders = {split: pipeline.Loader(pipeline.open_split(data_config, split, tasks),
+                                         global_batch_size=eval_batch, **loader_args)
+                  for split in eval_splits}
+  steps_per_epoch = len(train_loader) if config.steps_per_epoch <= 0 else min(
+      config.steps_per_epoch, len(train_loader))
+
+  # Model, weighting, optimizer.
+  if config.bn_statistics not in ("global", "device"):
+    raise ValueError(f"bn_statistics: expected 'global' or 'device', found "
+                     f"{config.bn_statistics!r}")
+  model = build_model(config.model, tasks, width_mult=config.width_mult, dtype=config.dtype,
+                      bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
+  weighting = weighting_lib.build(config.weighting, tasks, temperature=config.temperature)
+  halve_steps = config.lr_halve_epoch * steps_per_epoch
+  optimizer = step_lib.make_optimizer(config.lr, halve_steps)
+
+  # State: fresh, or the latest checkpoint.
+  state = step_lib.create_train_state(model, weighting, optimizer, _resolution(config),
+                                      config.seed)
+  if latest is not None:
+    state = checkpoints.restore(latest, state)
+    say(f"Resuming {workdir} after epoch {int(state.epoch)}.")
+  start_epoch = int(state.epoch)
+  state = step_lib.replicate(state, devices)
+
+  train = jax.pmap(functools.partial(
+      step_lib.train_step, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
+      sync_batch_stats=config.bn_statistics == "device"),
+      axis_name=step_lib.AXIS, devices=devices, donate_argnums=(0,))
+  evaluate = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
+                      axis_name=step_lib.AXIS, devices=devices)
+  close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
+                         axis_name=step_lib.AXIS, devices=devices, donate_argnums=(0,))
+
+  log = runlog.RunLog(workdir, enabled=is_main)
+  say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
+      f"{config.weighting} weighting, {steps_per_epoch} steps per epoch, global batch "
+      f"{config.batch_size} on {global_devices} device(s), epochs {start_epoch}..{config.epochs}")
+  try:
+    for epoch in range(start_epoch, config.epochs):
+      started = time.perf_counter()
+      lr = config.lr * (0.5 if 0 < halve_steps <= int(_host_scalar(state.step)) else 1.0)
+      train_metrics = metrics_lib.Accumulator(tasks, config.metrics)
+      progress = _progress(steps_per_epoch, f"epoch {epoch}", is_main and config.progress)
+      pending, last = None, None
+      for batch in itertools.islice(train_loader.epoch(epoch), steps_per_epoch):
+        state, outputs = train(state, batch)
+        if pending is not None:  # read the previous step while this one runs
+          last = _consume(pending, train_metrics, progress)
+        pending = outputs
+      last = _consume(pending, train_metrics, progress)
+      progress.close()
+      state = close_epoch(state)
+
+      record = {"epoch": epoch, "lr": lr, "weights": {k: float(v) for k, v in
+                                                      last["weights"].items()},
+                "train": train_metrics.result()}
+      for split, loader in eval_loaders.items():
+        accumulator = metrics_lib.Accumulator(tasks, config.metrics)
+        pending = None
+        for batch in loader.epoch(0):
+          outputs = evaluate(state, batch)
+          if pending is not None:
+            _consume(pending, accumulator)
+          pending = outputs
+        _consume(pending, accumulator)
+        record[split] = accumulator.result()
+      record["seconds"] = time.perf_counter() - started
+      log.epoch(record)
+      say(runlog.format_epoch(record))
+      checkpoints.save(epoch + 1, _host(state), {"epoch": epoch + 1, "config": config.to_dict()})
+  finally:
+    checkpoints.close()
+    log.close()
+    train_loader.close()
+    for loader in eval_loaders.values():
+      loader.close()
+
+  records = runlog.read_records(workdir)
+  summary = runlog.last_epochs_mean(records)
+  if is_main and summary:
+    count = min(runlog.LAST_EPOCHS, len(records))
+    (workdir / "summary.json").write_text(json.dumps(
+        {"last_epochs": count, "test": runlog._clean(summary)}, indent=1))
+    say(runlog.format_summary(summary, count))
+  return {"records": records, "summary": summary, "state": _host(state)}
+
+
+def _host_scalar(x) -> Any:
+  return np.asarray(x[0])
+
+
+def _consume(outputs, accumulator: metrics_lib.Accumulator, progress=None) -> dict[str, Any]:
+  """Moves one step's small outputs to the host and adds them up (this waits for that step)."""
+  host = _host(outputs)
+  accumulator.add(host["sums"], host["task_losses"])
+  if progress is not None:
+    progress.update(1)
+    progress.set_postfix(loss=f"{float(host['loss']):.4f}")
+  return host
+
+
+class _NoProgress:
+  def update(self, n):
+    pass
+
+  def set_postfix(self, **kwargs):
+    pass
+
+  def close(self):
+    pass
+
+
+def _progress(total: int, description: str, enabled: bool):
+  if not enabled:
+    return _NoProgress()
+  import tqdm  # pylint: disable=import-outside-toplevel
+  return tqdm.tqdm(total=total, desc=description, leave=False, file=sys.stderr,
+                   dynamic_ncols=True)

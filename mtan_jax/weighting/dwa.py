@@ -1,0 +1,56 @@
+"""Dynamic Weight Average (the MTAN paper, spec §10)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mtan_jax.weighting import base
+
+
+def dwa_weights(previous: jax.Array, before_previous: jax.Array, temperature: float) -> jax.Array:
+  """lambda = K softmax(w / T) with w_k = L_k(t-1) / L_k(t-2); `[K]` epoch-mean losses -> `[K]`."""
+  ratios = previous / before_previous
+  return ratios.shape[0] * jax.nn.softmax(ratios / temperature)
+
+
+@base.register("dwa")
+@dataclasses.dataclass(frozen=True)
+class DWA(base.Weighting):
+  """lambda_k(t) = K exp(w_k(t-1) / T) / sum_i exp(w_i(t-1) / T), w_k(t-1) = L_k(t-1) / L_k(t-2).
+
+  L_k(t) is the mean over the training steps of epoch t of task k's unweighted loss. The weights are
+  1 in the first two epochs and fixed within an epoch. State: the running sums of the current epoch
+  and the means of the two previous epochs.
+  """
+
+  temperature: float = 2.0
+
+  def init(self):
+    k = len(self.tasks)
+    state = {"epoch_sum": jnp.zeros(k, jnp.float32), "epoch_steps": jnp.zeros((), jnp.int32),
+             "history": jnp.ones((2, k), jnp.float32),  # [L(t-1), L(t-2)]
+             "epochs_seen": jnp.zeros((), jnp.int32)}
+    return {}, state
+
+  def weights(self, params, state):
+    history = state["history"]
+    dynamic = dwa_weights(history[0], history[1], self.temperature)
+    lam = jnp.where(state["epochs_seen"] >= 2, dynamic, jnp.ones_like(dynamic))
+    return {name: lam[i] for i, name in enumerate(self.task_names)}
+
+  def total(self, losses, params, state):
+    weights = self.weights(params, state)
+    return sum(jax.lax.stop_gradient(weights[name]) * losses[name] for name in self.task_names)
+
+  def observe(self, state, losses):
+    current = jnp.stack([jnp.asarray(losses[name], jnp.float32) for name in self.task_names])
+    return {**state, "epoch_sum": state["epoch_sum"] + current,
+            "epoch_steps": state["epoch_steps"] + 1}
+
+  def end_epoch(self, state):
+    mean = state["epoch_sum"] / jnp.maximum(state["epoch_steps"], 1)
+    return {"epoch_sum": jnp.zeros_like(state["epoch_sum"]),
+            "epoch_steps": jnp.zeros_like(state["epoch_steps"]),
+            "history": jnp.stack([mean, state["history"][0]]),
+            "epochs_seen": state["epochs_seen"] + 1}
