@@ -33,8 +33,10 @@ class TrainConfig:
   data: DataConfig = DataConfig()
   # Where and bookkeeping.
   workdir: str = "runs/default"
+  resume: bool = False  # continue the run in workdir from its latest checkpoint
   keep_checkpoints: int = 3
   workers: int = 8  # input-pipeline threads
+  devices: int = 0  # local devices to use (0: all of them)
   multihost: bool = False  # call jax.distributed.initialize() first
   progress: bool = True  # a progress bar per epoch
 

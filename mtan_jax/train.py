@@ -71,6 +71,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
   if config.multihost:
     jax.distributed.initialize()
   devices = jax.local_devices()
+  pmap_devices = None  # all devices of all processes, each process feeding its local ones
+  if config.devices > 0:
+    if config.devices > len(devices) or jax.process_count() > 1:
+      raise RunError(f"devices: {config.devices} asked for; {len(devices)} local device(s) found"
+                     f" in {jax.process_count()} process(es) (a subset is for one process only)")
+    devices = pmap_devices = devices[:config.devices]
   is_main = jax.process_index() == 0
   say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
 
@@ -125,16 +131,16 @@ def run(config: TrainConfig) -> dict[str, Any]:
     state = checkpoints.restore(latest, state)
     say(f"Resuming {workdir} after epoch {int(state.epoch)}.")
   start_epoch = int(state.epoch)
-  state = step_lib.replicate(state, devices)
+  state = step_lib.replicate(state, devices, pmap_devices)
 
   train = jax.pmap(functools.partial(
       step_lib.train_step, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
       sync_batch_stats=config.bn_statistics == "device"),
-      axis_name=step_lib.AXIS, devices=devices, donate_argnums=(0,))
+      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
   evaluate = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
-                      axis_name=step_lib.AXIS, devices=devices)
+                      axis_name=step_lib.AXIS, devices=pmap_devices)
   close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
-                         axis_name=step_lib.AXIS, devices=devices, donate_argnums=(0,))
+                         axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
 
   log = runlog.RunLog(workdir, enabled=is_main)
   say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
@@ -156,8 +162,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
       progress.close()
       state = close_epoch(state)
 
-      record = {"epoch": epoch, "lr": lr, "weights": {k: float(v) for k, v in
-                                                      last["weights"].items()},
+      record = {"epoch": epoch, "lr": lr, "weights": {t.name: float(last["weights"][t.name])
+                                                      for t in tasks},
                 "train": train_metrics.result()}
       for split, loader in eval_loaders.items():
         accumulator = metrics_lib.Accumulator(tasks, config.metrics)

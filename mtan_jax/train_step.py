@@ -54,21 +54,33 @@ class TrainState:
   rng: jax.Array
 
 
-def replicate(tree: Any, devices) -> Any:
-  """One copy of `tree` per device, laid out as `jax.pmap(..., axis_name=AXIS)` lays out its
+def replicate(tree: Any, local_devices, pmap_devices=None) -> Any:
+  """One copy of `tree` per local device, laid out as `jax.pmap(..., axis_name=AXIS)` lays out its
   outputs, so that feeding either to a pmapped step hits the same compiled program (a different
-  layout, e.g. from `flax.jax_utils.replicate`, costs a second compilation)."""
+  layout, e.g. from `flax.jax_utils.replicate`, costs a second compilation).
+
+  `pmap_devices` as given to the steps' pmap: None for every device of every process.
+  """
   stacked = jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(np.asarray(x), (len(devices),) + np.shape(x)), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
+      lambda x: np.broadcast_to(np.asarray(x), (len(local_devices),) + np.shape(x)), tree)
+  return jax.pmap(lambda x: x, axis_name=AXIS, devices=pmap_devices)(stacked)
+
+
+def init_variables(model: nn.Module, image_shape: tuple[int, int], key: jax.Array) -> Any:
+  """The model's initial variables ({"params", "batch_stats"}).
+
+  Run op by op rather than jitted: XLA compiles one random-normal program per kernel shape either
+  way, and op by op those programs are shared by every model of the process (a jitted init of MTAN
+  compiles for ~15 s on a CPU, every time).
+  """
+  return model.init(key, jnp.zeros((1, *image_shape, 3)), train=False)
 
 
 def create_train_state(model: nn.Module, weighting: Weighting, optimizer: optax.GradientTransformation,
                        image_shape: tuple[int, int], seed: int) -> TrainState:
   """A fresh state: parameters from `seed`, the weighting's initial parameters and state."""
   init_key, state_key = jax.random.split(jax.random.key(seed))
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape, 3)), train=False))(
-      init_key)
+  variables = init_variables(model, image_shape, init_key)
   weighting_params, weighting_state = weighting.init()
   params = {"model": variables["params"], "weighting": weighting_params}
   return TrainState(step=jnp.int32(0), epoch=jnp.int32(0), params=params,

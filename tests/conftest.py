@@ -10,6 +10,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 
+import pathlib  # noqa: E402
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Compiled programs are kept on disk: tests that build the same model (and later runs of the suite)
+# skip XLA's compilation, which dominates the suite's time on a CPU.
+XLA_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla"
+jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

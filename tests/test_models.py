@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mtan_jax import tasks as tasks_lib
+from mtan_jax import train_step
 from mtan_jax.models import MODEL_NAMES, abstract_variables, build_model, count_parameters
 
 NYU = tasks_lib.dataset_tasks("nyuv2")
@@ -30,7 +31,7 @@ def images(batch=2, height=64, width=64, seed=0):
 def tiny_model_and_variables(name, dataset="nyuv2"):
   tasks = model_tasks(name, NYU if dataset == "nyuv2" else CITY)
   model = build_model(name, tasks, width_mult=TINY)
-  return model, model.init(jax.random.key(0), images(1, 32, 32), train=False)
+  return model, train_step.init_variables(model, (32, 32), jax.random.key(0))
 
 
 def check_outputs(outputs, tasks, batch, height, width):

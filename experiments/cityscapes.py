@@ -1,0 +1,17 @@
+"""CityScapes: 7-class (or 19-class) segmentation and inverse depth (the paper's Table 1).
+
+  python experiments/cityscapes.py --weighting=dwa                       # synthetic streets
+  python experiments/cityscapes.py --data_dir=~/data/cityscapes --resolution=128x256 --batch_size=8
+
+Flags: python experiments/cityscapes.py --help.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mtan_jax import cli  # noqa: E402
+
+if __name__ == "__main__":
+  cli.main(sys.argv[1:], dataset="cityscapes")

@@ -1,0 +1,230 @@
+"""The train step and the run loop: learning, device-count invariance, resume, CLI, multi-host."""
+
+import functools
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import flax
+import jax
+import numpy as np
+import optax
+import pytest
+
+from mtan_jax import tasks as tasks_lib
+from mtan_jax import train
+from mtan_jax import train_step as step_lib
+from mtan_jax import weighting as weighting_lib
+from mtan_jax.config import TrainConfig
+from mtan_jax.data import synthetic
+from mtan_jax.data.pipeline import DataConfig
+from mtan_jax.models import MODEL_NAMES, build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NYU = tasks_lib.dataset_tasks("nyuv2")
+XLA_CACHE = str(ROOT / ".pytest_cache" / "xla")
+
+
+def synthetic_batch(count=4, size=(32, 32)):
+  samples = [synthetic.render_indoor(0, i, *size) for i in range(count)]
+  return {"image": np.stack([s["image"] for s in samples]),
+          "segmentation": np.stack([s["label"] for s in samples]).astype(np.int32),
+          "depth": np.stack([s["depth"] for s in samples]),
+          "normal": np.stack([s["normal"] for s in samples])}
+
+
+def shard(batch, devices):
+  return {k: v.reshape(devices, v.shape[0] // devices, *v.shape[1:]) for k, v in batch.items()}
+
+
+def steps(name, weighting_name, optimizer, devices=1, count=6, tasks=NYU, seed=0):
+  """`count` train steps on one fixed batch; returns the losses and the final state."""
+  tasks = tasks[:1] if name in ("single", "stan") else tasks
+  model = build_model(name, tasks, width_mult=1 / 16, bn_axis_name=step_lib.AXIS)
+  weighting = weighting_lib.build(weighting_name, tasks)
+  state = step_lib.create_train_state(model, weighting, optimizer, (32, 32), seed)
+  devs = jax.local_devices()[:devices]
+  train = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                     optimizer=optimizer, tasks=tasks, sync_batch_stats=False),
+                   axis_name=step_lib.AXIS, devices=devs, donate_argnums=(0,))
+  replicated = step_lib.replicate(state, devs, devs)
+  batch = shard(synthetic_batch(), devices)
+  losses = []
+  for _ in range(count):
+    replicated, outputs = train(replicated, batch)
+    losses.append(float(outputs["loss"][0]))
+  return losses, jax.tree_util.tree_map(lambda x: np.asarray(x[0]), replicated), state
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_lowers_the_training_loss(name):
+  losses, state, _ = steps(name, "equal", step_lib.make_optimizer(1e-3, 0))
+  assert all(np.isfinite(losses))
+  print(name, losses)
+  assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
+  assert int(state.step) == 6
+
+
+@pytest.mark.parametrize("weighting_name", weighting_lib.NAMES)
+def test_every_weighting_lowers_its_objective(weighting_name):
+  losses, state, _ = steps("split_standard", weighting_name, step_lib.make_optimizer(1e-3, 0))
+  print(weighting_name, losses)
+  assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
+  if weighting_name == "uncertainty":  # the log-variances are trained with the network
+    assert all(abs(float(v) + 0.5) > 1e-4 for v in state.params["weighting"]["log_variance"].values())
+  if weighting_name == "dwa":  # six observed steps of the current epoch
+    assert int(state.weighting_state["epoch_steps"]) == 6
+
+
+def test_the_same_global_batch_gives_the_same_update_on_1_and_8_devices():
+  """Global-batch BatchNorm, pixel means over the global batch, summed gradients: one SGD step on
+  8 images is the same on one device and on eight (one image each), uncertainty weights included."""
+  batch = synthetic_batch(count=8)
+  model = build_model("split_standard", NYU, width_mult=1 / 16, bn_axis_name=step_lib.AXIS)
+  weighting = weighting_lib.build("uncertainty", NYU)
+  sgd = optax.sgd(0.05)
+  state = step_lib.create_train_state(model, weighting, sgd, (32, 32), 0)
+  results = {}
+  for devices in (1, 8):
+    devs = jax.local_devices()[:devices]
+    train = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                       optimizer=sgd, tasks=NYU, sync_batch_stats=False),
+                     axis_name=step_lib.AXIS, devices=devs)
+    new, outputs = train(step_lib.replicate(state, devs, devs), shard(batch, devices))
+    results[devices] = (jax.tree_util.tree_map(lambda x: np.asarray(x[0]), new), outputs)
+  (one, out_one), (eight, out_eight) = results[1], results[8]
+  np.testing.assert_allclose(out_one["loss"][0], out_eight["loss"][0], rtol=1e-5)
+  update = lambda s: jax.tree_util.tree_map(lambda a, b: a - np.asarray(b), s.params,  # noqa: E731
+                                            state.params)
+  flat_one = flax.traverse_util.flatten_dict(update(one))
+  flat_eight = flax.traverse_util.flatten_dict(update(eight))
+  largest = max(np.linalg.norm(v) for v in flat_one.values())
+  compared = 0
+  for key, value in flat_one.items():
+    if np.linalg.norm(value) > 1e-4 * largest:  # conv biases before BatchNorm get ~0 gradient
+      assert np.linalg.norm(flat_eight[key] - value) <= 1e-2 * np.linalg.norm(value), key
+      compared += 1
+  assert compared > 50 and ("weighting", "log_variance", "depth") in flat_one
+  chex.assert_trees_all_close(one.batch_stats, eight.batch_stats, rtol=1e-4, atol=1e-5)
+
+
+def tiny_config(workdir, tfds_dir, **overrides):
+  values = dict(model="split_standard", weighting="dwa", epochs=3, batch_size=4, lr=1e-3, devices=2,
+                lr_halve_epoch=2, width_mult=1 / 16, workdir=str(workdir), progress=False,
+                workers=2, data=DataConfig(data_dir=str(tfds_dir), resolution=(32, 64),
+                                           synthetic_size=(12, 4), augment=True))
+  values.update(overrides)
+  return TrainConfig(**values)
+
+
+def test_a_run_writes_its_records_and_resumes_exactly(tmp_path):
+  tfds_dir = tmp_path / "tfds"
+  whole = train.run(tiny_config(tmp_path / "whole", tfds_dir))
+  first = train.run(tiny_config(tmp_path / "split", tfds_dir, epochs=2))
+  resumed = train.run(tiny_config(tmp_path / "split", tfds_dir, resume=True))
+  # Parameters, optimizer, DWA history: exactly those of the uninterrupted run.
+  chex.assert_trees_all_equal(whole["state"], resumed["state"])
+  assert not np.array_equal(jax.tree_util.tree_leaves(first["state"].params)[0],
+                            jax.tree_util.tree_leaves(whole["state"].params)[0])
+  records = [json.loads(line) for line in
+             (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [0, 1, 2]
+  assert records[2]["weights"] != {"segmentation": 1.0, "depth": 1.0, "normal": 1.0}  # DWA on
+  assert [r["lr"] for r in records] == [1e-3, 1e-3, 5e-4]  # halved after epoch 2
+  for record in records:
+    assert set(record["test"]) == {"segmentation", "depth", "normal"}
+    assert {"loss", "miou", "pixel_accuracy"} <= set(record["test"]["segmentation"])
+  resumed_records = [json.loads(line) for line in
+                     (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+  drop_time = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+  assert drop_time(records) == drop_time(resumed_records)
+  summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+  assert summary["last_epochs"] == 3
+  assert summary["test"]["depth"]["abs_error"] == pytest.approx(
+      np.mean([r["test"]["depth"]["abs_error"] for r in records]))
+  assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((tmp_path / "whole" / "config.json").read_text())["weighting"] == "dwa"
+
+
+def test_a_run_folder_is_not_overwritten_and_mismatched_resumes_are_refused(tmp_path):
+  tfds_dir = tmp_path / "tfds"
+  train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=1))
+  with pytest.raises(train.RunError, match="--resume"):
+    train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2))
+  with pytest.raises(train.RunError) as error:
+    train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2, resume=True, model="mtan",
+                          weighting="uncertainty"))
+  assert "model: checkpoint 'split_standard', now 'mtan'" in str(error.value)
+  assert "weighting: checkpoint 'dwa', now 'uncertainty'" in str(error.value)
+
+
+def test_the_experiment_script_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--weighting=uncertainty",
+       "--model=split_standard", "--epochs=2", "--resolution=32x64", "--synthetic_size=8,4",
+       "--batch_size=4", "--width_mult=0.0625", f"--workdir={workdir}",
+       f"--tfds_dir={tmp_path / 'tfds'}", "--progress=false", f"--compilation_cache={XLA_CACHE}",
+       "--workers=1", "--devices=2"],
+      capture_output=True, text=True, cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("Training on the built-in synthetic scenes")
+  assert any(line.startswith("Mean of the last 2 epochs") for line in lines)
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) == 2 and records[1]["weights"]["depth"] != 1.0
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+      "1", "2"]
+  bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--model=vgg"],
+                       capture_output=True, text=True, cwd=tmp_path)
+  assert bad.returncode != 0 and "invalid choice: 'vgg'" in bad.stderr
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Two processes (two CPU devices each) on localhost, gloo collectives, each reading its own
+  share of every batch, end with the parameters of one process with four devices."""
+  worker = ROOT / "tests" / "multihost_worker.py"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  port = free_port()
+  processes = [subprocess.Popen(
+      [sys.executable, str(worker), str(tmp_path / "multi"), str(tmp_path / "tfds"), str(port),
+       "2", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  single = subprocess.run(
+      [sys.executable, str(worker), str(tmp_path / "single"), str(tmp_path / "tfds"), "0", "1",
+       "0"], env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+      capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  params = [np.load(tmp_path / name / f"params_{i}.npz")
+            for name, i in (("multi", 0), ("multi", 1), ("single", 0))]
+  for key in params[2].files:  # the two hosts hold the same parameters, bit for bit
+    np.testing.assert_array_equal(params[0][key], params[1][key])
+  # ... and trained as one process with four devices did. Parameters are not compared with the
+  # single process's: summation order differs (gloo across processes), and a max-pool near-tie
+  # flipped by rounding routes a value elsewhere, which Adam's sign-like first steps make visible.
+  # The losses are compared: the first step's (from the same initial parameters and batches;
+  # different if the hosts read the same share) tightly, the evaluation after two epochs loosely.
+  multi, single_run = (
+      [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+      for name in ("multi", "single"))
+  for task in ("segmentation", "depth", "normal"):
+    assert multi[0]["train"][task]["loss"] == pytest.approx(single_run[0]["train"][task]["loss"],
+                                                            rel=1e-3)
+    assert multi[1]["test"][task]["loss"] == pytest.approx(single_run[1]["test"][task]["loss"],
+                                                           rel=3e-2)
+  # Only process 0 writes the run's logs.
+  assert (tmp_path / "multi" / "metrics.jsonl").exists()
+  assert "mtan on" not in outputs[1][0] and "split_standard on" in outputs[0][0]
