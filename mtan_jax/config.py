@@ -42,14 +42,3 @@ class TrainConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-    d = dict(d)
-    data = dict(d.pop("data", {}))
-    for key in ("resolution", "synthetic_size"):
-      if data.get(key) is not None:
-        data[key] = tuple(data[key])
-    if d.get("tasks") is not None:
-      d["tasks"] = tuple(d["tasks"])
-    return cls(data=DataConfig(**data), **d)

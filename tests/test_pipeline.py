@@ -117,3 +117,19 @@ def test_bad_loader_settings_are_refused(train):
     pipeline.Loader(train, global_batch_size=16, drop_remainder=True)
   with pytest.raises(ValueError, match="split"):
     pipeline.open_split(pipeline.DataConfig(), "val", NYU)
+
+
+def test_synthetic_configs_are_checked():
+  from mtan_jax.data import builders
+  with pytest.raises(ValueError, match="divisible by 32"):
+    builders.synthetic_config(height=50)
+  with pytest.raises(ValueError, match="'indoor' or 'street'"):
+    builders.synthetic_config(variant="forest")
+  assert builders.synthetic_config("street", 64, 128, 5, 2, 3).name == "street_64x128_5_2_seed3"
+
+
+def test_freed_buffers_are_kept_on_glibc():
+  import platform
+  from mtan_jax.data import memory
+  expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+  assert memory.keep_freed_memory() is expected

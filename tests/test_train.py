@@ -228,3 +228,23 @@ def test_two_processes_train_like_one(tmp_path):
   # Only process 0 writes the run's logs.
   assert (tmp_path / "multi" / "metrics.jsonl").exists()
   assert "mtan on" not in outputs[1][0] and "split_standard on" in outputs[0][0]
+
+
+def test_per_device_batchnorm_keeps_the_replicas_running_statistics_identical():
+  batch = shard(synthetic_batch(count=4), 2)
+  model = build_model("split_standard", NYU, width_mult=1 / 16)  # no axis: per-device statistics
+  weighting = weighting_lib.build("equal", NYU)
+  sgd = optax.sgd(0.05)
+  state = step_lib.create_train_state(model, weighting, sgd, (32, 32), 0)
+  devs = jax.local_devices()[:2]
+  stats = {}
+  for sync in (False, True):
+    train = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                       optimizer=sgd, tasks=NYU, sync_batch_stats=sync),
+                     axis_name=step_lib.AXIS, devices=devs)
+    new, _ = train(step_lib.replicate(state, devs, devs), batch)
+    stats[sync] = jax.tree_util.tree_map(np.asarray, new.batch_stats)
+  leaf = lambda tree: tree["backbone"]["encoder_0"]["block_0"]["bn"]["mean"]  # noqa: E731
+  assert not np.allclose(leaf(stats[False])[0], leaf(stats[False])[1])  # replicas drift apart
+  np.testing.assert_array_equal(leaf(stats[True])[0], leaf(stats[True])[1])  # ... unless synced
+  np.testing.assert_allclose(leaf(stats[True])[0], leaf(stats[False]).mean(0), rtol=1e-5)
