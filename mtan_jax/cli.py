@@ -78,6 +78,8 @@ def parser(dataset: str) -> argparse.ArgumentParser:
   flag("synthetic_size", type=_pair, help="synthetic train,test example counts")
   flag("validation_fraction", type=float, help="share of train held out for validation")
   flag("bn_statistics", choices=("global", "device"), help="BatchNorm statistics")
+  flag("max_skipped_steps", type=int,
+       help="consecutive non-finite (skipped) steps before the run stops (default 5)")
   flag("workers", type=int, help="input-pipeline threads")
   flag("keep_checkpoints", type=int)
   flag("progress", type=_bool, nargs="?", const=True, help="progress bar")

@@ -30,6 +30,7 @@ class TrainConfig:
   seed: int = 0  # parameters, data order, augmentation
   bn_statistics: str = "global"  # "global": over the global batch; "device": per device
   metrics: str = "exact"  # "exact" (split-level sums) or "reference" (per-batch averages)
+  max_skipped_steps: int = 5  # consecutive non-finite (skipped) steps before the run stops
   data: DataConfig = DataConfig()
   # Where and bookkeeping.
   workdir: str = "runs/default"

@@ -151,20 +151,27 @@ def run(config: TrainConfig) -> dict[str, Any]:
       started = time.perf_counter()
       lr = config.lr * (0.5 if 0 < halve_steps <= int(_host_scalar(state.step)) else 1.0)
       train_metrics = metrics_lib.Accumulator(tasks, config.metrics)
+      skips = SkipCounter(epoch, config.max_skipped_steps, checkpoints.latest())
       progress = _progress(steps_per_epoch, f"epoch {epoch}", is_main and config.progress)
       pending, last = None, None
       for batch in itertools.islice(train_loader.epoch(epoch), steps_per_epoch):
         state, outputs = train(state, batch)
         if pending is not None:  # read the previous step while this one runs
-          last = _consume(pending, train_metrics, progress)
+          last = _consume(pending, train_metrics, progress, skips)
         pending = outputs
-      last = _consume(pending, train_metrics, progress)
+      last = _consume(pending, train_metrics, progress, skips)
       progress.close()
+      if skips.total == steps_per_epoch:
+        raise RunError(f"every training step of epoch {epoch} had a non-finite loss or gradient "
+                       f"({skips.describe()}); nothing was saved from it")
       state = close_epoch(state)
 
       record = {"epoch": epoch, "lr": lr, "weights": {t.name: float(last["weights"][t.name])
                                                       for t in tasks},
                 "train": train_metrics.result()}
+      if skips.total:
+        record["skipped_steps"] = {"count": skips.total, "non_finite_tasks": skips.by_task}
+        say(f"epoch {epoch}: skipped {skips.describe()}")
       for split, loader in eval_loaders.items():
         accumulator = metrics_lib.Accumulator(tasks, config.metrics)
         pending = None
@@ -200,10 +207,45 @@ def _host_scalar(x) -> Any:
   return np.asarray(x[0])
 
 
-def _consume(outputs, accumulator: metrics_lib.Accumulator, progress=None) -> dict[str, Any]:
-  """Moves one step's small outputs to the host and adds them up (this waits for that step)."""
+class SkipCounter:
+  """Counts training steps skipped for a non-finite loss or gradient; stops the run after
+  `limit` consecutive ones, naming the tasks and the epoch."""
+
+  def __init__(self, epoch: int, limit: int, last_checkpoint: int | None):
+    self.epoch, self.limit, self.last_checkpoint = epoch, limit, last_checkpoint
+    self.total, self.consecutive = 0, 0
+    self.by_task: dict[str, int] = {}
+
+  def describe(self) -> str:
+    tasks = ", ".join(f"{task} {count}x" for task, count in self.by_task.items()) or "gradients"
+    return f"{self.total} step(s), non-finite: {tasks}"
+
+  def step(self, host: dict[str, Any]) -> bool:
+    """Records one step's outputs; True when it was skipped."""
+    if not bool(host["skipped"]):
+      self.consecutive = 0
+      return False
+    self.total += 1
+    self.consecutive += 1
+    for task, loss in host["task_losses"].items():
+      if not np.isfinite(loss):
+        self.by_task[task] = self.by_task.get(task, 0) + 1
+    if self.consecutive >= self.limit:
+      kept = (f"the checkpoint after epoch {self.last_checkpoint} stays the latest"
+              if self.last_checkpoint is not None else "no checkpoint was written")
+      raise RunError(f"{self.consecutive} consecutive training steps of epoch {self.epoch} had a "
+                     f"non-finite loss or gradient ({self.describe()}); stopping: {kept}")
+    return True
+
+
+def _consume(outputs, accumulator: metrics_lib.Accumulator, progress=None,
+             skips: SkipCounter | None = None) -> dict[str, Any]:
+  """Moves one step's small outputs to the host and adds them up (this waits for that step).
+
+  A skipped training step adds nothing to the epoch's metrics."""
   host = _host(outputs)
-  accumulator.add(host["sums"], host["task_losses"])
+  if skips is None or not skips.step(host):
+    accumulator.add(host["sums"], host["task_losses"])
   if progress is not None:
     progress.update(1)
     progress.set_postfix(loss=f"{float(host['loss']):.4f}")

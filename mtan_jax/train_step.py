@@ -107,7 +107,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   """One optimizer step on one device's share `batch` ({"image": [B, H, W, 3], task targets}).
 
   Returns the new state and {"loss": the weighted objective, "task_losses": {task: global mean},
-  "weights": {task: weight}, "sums": metric sums of the training predictions}.
+  "skipped": True when the step was not applied (non-finite loss or gradient), "weights": {task:
+  weight}, "sums": metric sums of the training predictions}.
   """
   devices = jax.lax.axis_size(axis_name)
 
@@ -125,10 +126,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient anywhere skips the step on every device: parameters, optimizer,
+  # statistics and weighting state stay as they were (the step counter still moves, so the data
+  # and learning-rate schedules stay aligned with an uninterrupted run).
+  finite = jnp.isfinite(total) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+  finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+  keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+      lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      weighting_state=weighting.observe(state.weighting_state, task_losses))
-  return new_state, {"loss": total, "task_losses": task_losses,
+      step=state.step + 1, params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
+      weighting_state=keep(weighting.observe(state.weighting_state, task_losses),
+                           state.weighting_state))
+  return new_state, {"loss": total, "task_losses": task_losses, "skipped": ~finite,
                      "weights": weighting.weights(state.params["weighting"],
                                                   state.weighting_state),
                      "sums": metrics_lib.batch_sums(tasks, outputs, batch, axis_name)}

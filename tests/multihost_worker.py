@@ -31,7 +31,8 @@ def main(workdir, tfds_dir, port, count, index):
   config = TrainConfig(model="split_standard", weighting="uncertainty", epochs=2, batch_size=4,
                        lr=1e-3, width_mult=1 / 16, workdir=workdir, progress=False, workers=1,
                        steps_per_epoch=1,
-                       data=DataConfig(data_dir=f"{tfds_dir}_{index}", resolution=(32, 32),
+                       data=DataConfig(data_dir=f"{tfds_dir}_{pathlib.Path(workdir).name}_{index}",
+                                       resolution=(32, 32),
                                        synthetic_size=(8, 4), augment=True))
   result = train.run(config)
   flat = flax.traverse_util.flatten_dict(result["state"].params, sep="/")

@@ -50,18 +50,12 @@ def check_outputs(outputs, tasks, batch, height, width):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_tiny_forward_shapes_and_activations(name):
+  # Evaluation mode here; training mode (batch statistics, their updates) is exercised by every
+  # model's train steps in test_train.py.
   model, variables = tiny_model_and_variables(name)
   tasks = model_tasks(name, NYU)
-  x = images(2, 64, 96)
-  outputs = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+  outputs = jax.jit(functools.partial(model.apply, train=False))(variables, images(2, 64, 96))
   check_outputs(outputs, tasks, 2, 64, 96)
-  train_outputs, updates = jax.jit(functools.partial(model.apply, train=True,
-                                                     mutable=["batch_stats"]))(variables, x)
-  check_outputs(train_outputs, tasks, 2, 64, 96)
-  # Training mode moved every BatchNorm's running statistics away from their initial (0, 1).
-  moved = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"],
-                                 variables["batch_stats"])
-  assert all(jax.tree_util.tree_leaves(moved))
 
 
 def test_cityscapes_tiny_forward():
@@ -206,9 +200,8 @@ def test_bfloat16_forward_is_close_to_float32():
   value by a discrete argmax, and near-ties flip under rounding, so the final outputs of a randomly
   initialised network are compared by agreement, not by a tight tolerance.
   """
-  f32 = build_model("mtan", NYU, width_mult=1 / 8)
-  bf16 = build_model("mtan", NYU, width_mult=1 / 8, dtype="bfloat16")
-  variables = f32.init(jax.random.key(0), images(1, 32, 32), train=False)
+  f32, variables = tiny_model_and_variables("mtan")
+  bf16 = build_model("mtan", NYU, width_mult=TINY, dtype="bfloat16")
   x = images(2, 64, 64, seed=3)
 
   def run(model):

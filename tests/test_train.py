@@ -42,7 +42,7 @@ def shard(batch, devices):
 
 
 def steps(name, weighting_name, optimizer, devices=1, count=6, tasks=NYU, seed=0):
-  """`count` train steps on one fixed batch; returns the losses and the final state."""
+  """`count` train steps on one fixed batch; returns the losses, the final and the initial state."""
   tasks = tasks[:1] if name in ("single", "stan") else tasks
   model = build_model(name, tasks, width_mult=1 / 16, bn_axis_name=step_lib.AXIS)
   weighting = weighting_lib.build(weighting_name, tasks)
@@ -62,17 +62,19 @@ def steps(name, weighting_name, optimizer, devices=1, count=6, tasks=NYU, seed=0
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_lowers_the_training_loss(name):
-  losses, state, _ = steps(name, "equal", step_lib.make_optimizer(1e-3, 0))
+  losses, state, initial = steps(name, "equal", step_lib.make_optimizer(1e-3, 0))
   assert all(np.isfinite(losses))
-  print(name, losses)
   assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
   assert int(state.step) == 6
+  # Training mode moved every BatchNorm's running statistics away from their initial (0, 1).
+  moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != np.asarray(b))),
+                                 state.batch_stats, initial.batch_stats)
+  assert all(jax.tree_util.tree_leaves(moved))
 
 
 @pytest.mark.parametrize("weighting_name", weighting_lib.NAMES)
 def test_every_weighting_lowers_its_objective(weighting_name):
   losses, state, _ = steps("split_standard", weighting_name, step_lib.make_optimizer(1e-3, 0))
-  print(weighting_name, losses)
   assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
   if weighting_name == "uncertainty":  # the log-variances are trained with the network
     assert all(abs(float(v) + 0.5) > 1e-4 for v in state.params["weighting"]["log_variance"].values())
@@ -163,22 +165,24 @@ def test_a_run_folder_is_not_overwritten_and_mismatched_resumes_are_refused(tmp_
 
 
 def test_the_experiment_script_end_to_end(tmp_path):
+  # The run of `tiny_config` (compiled programs shared through the persistent cache), from the CLI.
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--weighting=uncertainty",
-       "--model=split_standard", "--epochs=2", "--resolution=32x64", "--synthetic_size=8,4",
-       "--batch_size=4", "--width_mult=0.0625", f"--workdir={workdir}",
-       f"--tfds_dir={tmp_path / 'tfds'}", "--progress=false", f"--compilation_cache={XLA_CACHE}",
-       "--workers=1", "--devices=2"],
+      [sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--weighting=dwa",
+       "--model=split_standard", "--epochs=3", "--resolution=32x64", "--synthetic_size=12,4",
+       "--batch_size=4", "--width_mult=0.0625", "--lr_halve_epoch=2", "--augment",
+       f"--workdir={workdir}", f"--tfds_dir={tmp_path / 'tfds'}", "--progress=false",
+       f"--compilation_cache={XLA_CACHE}", "--workers=2", "--devices=2"],
+      env={**os.environ, "JAX_DEFAULT_MATMUL_PRECISION": "highest"},  # the same programs as here
       capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
   assert lines[0].startswith("Training on the built-in synthetic scenes")
-  assert any(line.startswith("Mean of the last 2 epochs") for line in lines)
+  assert any(line.startswith("Mean of the last 3 epochs") for line in lines)
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert len(records) == 2 and records[1]["weights"]["depth"] != 1.0
+  assert len(records) == 3 and records[2]["weights"]["depth"] != 1.0
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-      "1", "2"]
+      "1", "2", "3"]
   bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--model=vgg"],
                        capture_output=True, text=True, cwd=tmp_path)
   assert bad.returncode != 0 and "invalid choice: 'vgg'" in bad.stderr
@@ -194,20 +198,18 @@ def test_two_processes_train_like_one(tmp_path):
   """Two processes (two CPU devices each) on localhost, gloo collectives, each reading its own
   share of every batch, end with the parameters of one process with four devices."""
   worker = ROOT / "tests" / "multihost_worker.py"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   port = free_port()
+  runs = [(tmp_path / "multi", port, 2, i, 2) for i in range(2)] + [
+      (tmp_path / "single", 0, 1, 0, 4)]
   processes = [subprocess.Popen(
-      [sys.executable, str(worker), str(tmp_path / "multi"), str(tmp_path / "tfds"), str(port),
-       "2", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+      [sys.executable, str(worker), str(workdir), str(tmp_path / "tfds"), str(port_), str(count),
+       str(index)],
+      env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for workdir, port_, count, index, devices in runs]
   outputs = [p.communicate(timeout=600) for p in processes]
   for p, (out, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
-  single = subprocess.run(
-      [sys.executable, str(worker), str(tmp_path / "single"), str(tmp_path / "tfds"), "0", "1",
-       "0"], env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-      capture_output=True, text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
   params = [np.load(tmp_path / name / f"params_{i}.npz")
             for name, i in (("multi", 0), ("multi", 1), ("single", 0))]
   for key in params[2].files:  # the two hosts hold the same parameters, bit for bit
@@ -248,3 +250,56 @@ def test_per_device_batchnorm_keeps_the_replicas_running_statistics_identical():
   assert not np.allclose(leaf(stats[False])[0], leaf(stats[False])[1])  # replicas drift apart
   np.testing.assert_array_equal(leaf(stats[True])[0], leaf(stats[True])[1])  # ... unless synced
   np.testing.assert_allclose(leaf(stats[True])[0], leaf(stats[False]).mean(0), rtol=1e-5)
+
+
+def test_a_non_finite_step_is_skipped_in_the_jitted_step():
+  model = build_model("split_standard", NYU, width_mult=1 / 16, bn_axis_name=step_lib.AXIS)
+  weighting = weighting_lib.build("dwa", NYU)
+  adam = step_lib.make_optimizer(1e-3, 0)
+  state = step_lib.create_train_state(model, weighting, adam, (32, 32), 0)
+  devs = jax.local_devices()[:2]
+  train = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                     optimizer=adam, tasks=NYU, sync_batch_stats=False),
+                   axis_name=step_lib.AXIS, devices=devs)
+  batch = synthetic_batch(count=4)
+  poisoned = dict(batch, depth=batch["depth"].copy())
+  poisoned["depth"][3, 5, 5, 0] = np.inf  # one pixel of one device's share
+  before = step_lib.replicate(state, devs, devs)
+  after, outputs = train(before, shard(poisoned, 2))
+  assert np.all(np.asarray(outputs["skipped"]))  # on every device
+  assert not np.isfinite(float(outputs["task_losses"]["depth"][0]))
+  assert np.isfinite(float(outputs["task_losses"]["segmentation"][0]))
+  unchanged = lambda s: (s.params, s.opt_state, s.batch_stats, s.weighting_state)  # noqa: E731
+  chex.assert_trees_all_equal(unchanged(after), unchanged(before))
+  assert int(after.step[0]) == 1
+  clean, outputs = train(after, shard(batch, 2))
+  assert not np.any(np.asarray(outputs["skipped"]))
+  assert not np.array_equal(np.asarray(jax.tree_util.tree_leaves(clean.params)[0]),
+                            np.asarray(jax.tree_util.tree_leaves(after.params)[0]))
+
+
+def test_a_run_stops_after_consecutive_non_finite_steps_keeping_its_last_checkpoint(
+    tmp_path, monkeypatch):
+  from mtan_jax.checkpoint import Checkpointer
+  from mtan_jax.data import pipeline
+  tfds_dir = tmp_path / "tfds"
+  train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=1))
+  clean_getitem = pipeline.TaskSource.__getitem__
+
+  def poisoned(self, i):
+    example = clean_getitem(self, i)
+    example["depth"] = example["depth"].copy()
+    example["depth"][0, 0, 0] = np.nan
+    return example
+
+  monkeypatch.setattr(pipeline.TaskSource, "__getitem__", poisoned)
+  with pytest.raises(train.RunError) as error:
+    train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2, resume=True,
+                          max_skipped_steps=2))
+  message = str(error.value)
+  assert "2 consecutive training steps of epoch 1" in message
+  assert "depth 2x" in message and "segmentation" not in message
+  assert "the checkpoint after epoch 1 stays the latest" in message
+  checkpoints = Checkpointer(tmp_path / "run" / "checkpoints")
+  assert checkpoints.latest() == 1
+  checkpoints.close()
