@@ -17,10 +17,10 @@ from mtan_jax import metrics as metrics_lib
 LAST_EPOCHS = 10  # the paper reports the mean of the last 10 epochs
 
 
-def _clean(value):
+def json_safe(value):
   """JSON-safe floats: NaN and inf become None."""
   if isinstance(value, dict):
-    return {k: _clean(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, (float, np.floating)):
     return float(value) if math.isfinite(value) else None
   return value
@@ -42,7 +42,7 @@ class RunLog:
     if not self.enabled:
       return
     with open(self.workdir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(_clean(record)) + "\n")
+      f.write(json.dumps(json_safe(record)) + "\n")
     step = record["epoch"]
     for split in ("train", "validation", "test"):
       for task, values in record.get(split, {}).items():

@@ -198,7 +198,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   if is_main and summary:
     count = min(runlog.LAST_EPOCHS, len(records))
     (workdir / "summary.json").write_text(json.dumps(
-        {"last_epochs": count, "test": runlog._clean(summary)}, indent=1))
+        {"last_epochs": count, "test": runlog.json_safe(summary)}, indent=1))
     say(runlog.format_summary(summary, count))
   return {"records": records, "summary": summary, "state": _host(state)}
 
