@@ -67,6 +67,8 @@ def parser(dataset: str) -> argparse.ArgumentParser:
   flag("seed", type=int)
   flag("workdir", help="run folder (default runs/<dataset>_<model>_<weighting>_seed<seed>)")
   flag("resume", type=_bool, nargs="?", const=True, help="continue the run in --workdir")
+  flag("overwrite", type=_bool, nargs="?", const=True,
+       help="delete the run already in --workdir and start afresh")
   flag("augment", type=_bool, nargs="?", const=True, help="random scale-crop and flip")
   flag("dtype", choices=("float32", "bfloat16"), help="compute dtype")
   flag("width_mult", type=float, help="network width multiplier")

@@ -35,6 +35,7 @@ class TrainConfig:
   # Where and bookkeeping.
   workdir: str = "runs/default"
   resume: bool = False  # continue the run in workdir from its latest checkpoint
+  overwrite: bool = False  # start afresh in a workdir that holds another run (deleting it)
   keep_checkpoints: int = 3
   workers: int = 8  # input-pipeline threads
   devices: int = 0  # local devices to use (0: all of them)

@@ -54,6 +54,20 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
   return out
 
 
+RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "config.json")
+
+
+def clear_run_folder(workdir: pathlib.Path) -> None:
+  """Deletes what a run writes into `workdir` (and nothing else the folder may hold)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  for name in RUN_FILES:
+    path = workdir / name
+    if path.is_dir():
+      shutil.rmtree(path)
+    elif path.exists():
+      path.unlink()
+
+
 def _host(tree):
   """The first device's copy of a replicated pytree, as numpy."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
@@ -82,15 +96,26 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
   # The run folder.
   workdir = pathlib.Path(config.workdir)
+  if config.resume and config.overwrite:
+    raise RunError("--resume and --overwrite exclude each other: continue the run in the workdir, "
+                   "or delete it and start afresh")
+  if config.overwrite and is_main:
+    clear_run_folder(workdir)
+  if config.multihost and config.overwrite:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("mtan_jax: run folder cleared")
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   latest = checkpoints.latest()
   if latest is not None and not config.resume:
+    checkpoints.close()
     raise RunError(f"{workdir} already holds a run (checkpoint after epoch {latest}); pass "
-                   f"--resume to continue it, or choose another --workdir")
+                   f"--resume to continue it, --overwrite to delete it and start afresh, or "
+                   f"choose another --workdir")
   if latest is not None:
     differences = config_differences(checkpoints.record(latest)["config"], config)
     if differences:
+      checkpoints.close()
       raise RunError(f"cannot resume {workdir}: the checkpoint was made with another "
                      f"configuration:\n  " + "\n  ".join(differences))
   if is_main:

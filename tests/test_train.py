@@ -162,6 +162,13 @@ def test_a_run_folder_is_not_overwritten_and_mismatched_resumes_are_refused(tmp_
                           weighting="uncertainty"))
   assert "model: checkpoint 'split_standard', now 'mtan'" in str(error.value)
   assert "weighting: checkpoint 'dwa', now 'uncertainty'" in str(error.value)
+  (tmp_path / "run" / "notes.txt").write_text("mine")
+  with pytest.raises(train.RunError, match="exclude each other"):
+    train.run(tiny_config(tmp_path / "run", tfds_dir, resume=True, overwrite=True))
+  train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=1, overwrite=True, weighting="equal"))
+  records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  assert len(records) == 1 and json.loads(records[0])["weights"]["depth"] == 1.0
+  assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only the run's own files go
 
 
 def test_the_experiment_script_end_to_end(tmp_path):
