@@ -134,4 +134,8 @@ def main(argv: list[str] | None, dataset: str) -> dict:
   else:
     print(f"Training on the {dataset} release in {config.data.release_dir}.", flush=True)
   enable_compilation_cache(args.compilation_cache)
-  return train.run(config)
+  try:
+    return train.run(config)
+  except train.RunInterrupted as stopped:
+    print(stopped, flush=True)
+    raise SystemExit(128 + stopped.signal_number)

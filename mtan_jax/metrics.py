@@ -154,6 +154,19 @@ class Accumulator:
       if task_losses is not None:
         self.losses[task.name].append(float(task_losses[task.name]))
 
+  def to_json(self) -> dict[str, Any]:
+    """What was added so far, as JSON (to resume an interrupted epoch)."""
+    return {"sums": jax.tree_util.tree_map(lambda a: a.tolist(), self.sums),
+            "batch_means": self.batch_means, "losses": self.losses}
+
+  def load_json(self, saved: dict[str, Any]) -> "Accumulator":
+    """Continues from `to_json`'s record."""
+    self.sums = {task: {k: np.asarray(v, np.int64 if k in ("confusion", "histogram")
+                                      else np.float64) for k, v in sums.items()}
+                 for task, sums in saved["sums"].items()}
+    self.batch_means, self.losses = saved["batch_means"], saved["losses"]
+    return self
+
   def result(self) -> dict[str, dict[str, float]]:
     """{task: {metric: value}}, with "loss" the mean of the batches' task losses when given."""
     out = {}

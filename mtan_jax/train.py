@@ -12,7 +12,9 @@ import functools
 import itertools
 import json
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -38,6 +40,37 @@ IDENTITY_DATA_FIELDS = ("release_dir", "resolution", "num_classes", "synthetic_s
 
 class RunError(RuntimeError):
   """A run that cannot start or continue as asked (e.g. a mismatched resume)."""
+
+
+class RunInterrupted(RuntimeError):
+  """SIGTERM or SIGINT stopped the run after saving its exact position; `--resume` continues it."""
+
+  def __init__(self, message: str, signal_number: int):
+    super().__init__(message)
+    self.signal_number = signal_number
+
+
+class StopOnSignal:
+  """While active, SIGTERM and SIGINT (preemption, Ctrl-C) only set `self.signal_number`: the loop
+  finishes the step in flight, saves and stops. Outside the main thread it does nothing."""
+
+  def __init__(self):
+    self.signal_number: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signal_number, frame):
+    del frame
+    self.signal_number = self.signal_number or signal_number
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -107,13 +140,14 @@ def run(config: TrainConfig) -> dict[str, Any]:
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
   latest = checkpoints.latest()
+  position = checkpoints.record(latest) if latest is not None else {}
   if latest is not None and not config.resume:
     checkpoints.close()
-    raise RunError(f"{workdir} already holds a run (checkpoint after epoch {latest}); pass "
-                   f"--resume to continue it, --overwrite to delete it and start afresh, or "
-                   f"choose another --workdir")
+    raise RunError(f"{workdir} already holds a run ({_describe(position)}); pass --resume to "
+                   f"continue it, --overwrite to delete it and start afresh, or choose another "
+                   f"--workdir")
   if latest is not None:
-    differences = config_differences(checkpoints.record(latest)["config"], config)
+    differences = config_differences(position["config"], config)
     if differences:
       checkpoints.close()
       raise RunError(f"cannot resume {workdir}: the checkpoint was made with another "
@@ -154,8 +188,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
                                       config.seed)
   if latest is not None:
     state = checkpoints.restore(latest, state)
-    say(f"Resuming {workdir} after epoch {int(state.epoch)}.")
+    say(f"Resuming {workdir}: {_describe(position)}.")
   start_epoch = int(state.epoch)
+  start_step = position.get("step_in_epoch", 0)
   state = step_lib.replicate(state, devices, pmap_devices)
 
   train = jax.pmap(functools.partial(
@@ -171,21 +206,42 @@ def run(config: TrainConfig) -> dict[str, Any]:
   say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
       f"{config.weighting} weighting, {steps_per_epoch} steps per epoch, global batch "
       f"{config.batch_size} on {global_devices} device(s), epochs {start_epoch}..{config.epochs}")
+  stop = StopOnSignal()
   try:
+    stop.__enter__()
     for epoch in range(start_epoch, config.epochs):
       started = time.perf_counter()
       lr = config.lr * (0.5 if 0 < halve_steps <= int(_host_scalar(state.step)) else 1.0)
       train_metrics = metrics_lib.Accumulator(tasks, config.metrics)
-      skips = SkipCounter(epoch, config.max_skipped_steps, checkpoints.latest())
-      progress = _progress(steps_per_epoch, f"epoch {epoch}", is_main and config.progress)
-      pending, last = None, None
-      for batch in itertools.islice(train_loader.epoch(epoch), steps_per_epoch):
+      if start_step and "train_metrics" in position:  # the interrupted epoch's sums so far
+        train_metrics.load_json(position["train_metrics"])
+      skips = SkipCounter(epoch, config.max_skipped_steps,
+                          _describe(position) if position else None)
+      progress = _progress(steps_per_epoch - start_step, f"epoch {epoch}",
+                           is_main and config.progress)
+      pending, last, done = None, None, start_step
+      for batch in itertools.islice(train_loader.epoch(epoch, start_step),
+                                    steps_per_epoch - start_step):
         state, outputs = train(state, batch)
+        done += 1
         if pending is not None:  # read the previous step while this one runs
           last = _consume(pending, train_metrics, progress, skips)
         pending = outputs
+        if stop.signal_number is not None and done < steps_per_epoch:
+          _consume(pending, train_metrics, progress, skips)
+          progress.close()
+          position = {"epoch": epoch, "step_in_epoch": done, "config": config.to_dict(),
+                      "train_metrics": train_metrics.to_json()}
+          checkpoints.save(int(_host_scalar(state.step)), _host(state), position)
+          checkpoints.wait()
+          name = signal.Signals(stop.signal_number).name
+          raise RunInterrupted(
+              f"{name}: stopped in epoch {epoch} after step {done} of {steps_per_epoch}; the exact "
+              f"position is saved in {checkpoints.directory}. Continue with the same command and "
+              f"--resume (--workdir={workdir}).", stop.signal_number)
       last = _consume(pending, train_metrics, progress, skips)
       progress.close()
+      start_step = 0
       if skips.total == steps_per_epoch:
         raise RunError(f"every training step of epoch {epoch} had a non-finite loss or gradient "
                        f"({skips.describe()}); nothing was saved from it")
@@ -210,8 +266,16 @@ def run(config: TrainConfig) -> dict[str, Any]:
       record["seconds"] = time.perf_counter() - started
       log.epoch(record)
       say(runlog.format_epoch(record))
-      checkpoints.save(epoch + 1, _host(state), {"epoch": epoch + 1, "config": config.to_dict()})
+      position = {"epoch": epoch + 1, "step_in_epoch": 0, "config": config.to_dict()}
+      checkpoints.save(int(_host_scalar(state.step)), _host(state), position)
+      if stop.signal_number is not None and epoch + 1 < config.epochs:
+        checkpoints.wait()
+        raise RunInterrupted(
+            f"{signal.Signals(stop.signal_number).name}: stopped after epoch {epoch}; saved in "
+            f"{checkpoints.directory}. Continue with the same command and --resume "
+            f"(--workdir={workdir}).", stop.signal_number)
   finally:
+    stop.__exit__()
     checkpoints.close()
     log.close()
     train_loader.close()
@@ -228,6 +292,13 @@ def run(config: TrainConfig) -> dict[str, Any]:
   return {"records": records, "summary": summary, "state": _host(state)}
 
 
+def _describe(position: dict[str, Any]) -> str:
+  """Where a checkpoint stands, from its JSON record."""
+  if position.get("step_in_epoch", 0):
+    return f"checkpoint in epoch {position['epoch']} after step {position['step_in_epoch']}"
+  return f"checkpoint after epoch {position['epoch'] - 1}"
+
+
 def _host_scalar(x) -> Any:
   return np.asarray(x[0])
 
@@ -236,7 +307,7 @@ class SkipCounter:
   """Counts training steps skipped for a non-finite loss or gradient; stops the run after
   `limit` consecutive ones, naming the tasks and the epoch."""
 
-  def __init__(self, epoch: int, limit: int, last_checkpoint: int | None):
+  def __init__(self, epoch: int, limit: int, last_checkpoint: str | None):
     self.epoch, self.limit, self.last_checkpoint = epoch, limit, last_checkpoint
     self.total, self.consecutive = 0, 0
     self.by_task: dict[str, int] = {}
@@ -256,7 +327,7 @@ class SkipCounter:
       if not np.isfinite(loss):
         self.by_task[task] = self.by_task.get(task, 0) + 1
     if self.consecutive >= self.limit:
-      kept = (f"the checkpoint after epoch {self.last_checkpoint} stays the latest"
+      kept = (f"the {self.last_checkpoint} stays the latest"
               if self.last_checkpoint is not None else "no checkpoint was written")
       raise RunError(f"{self.consecutive} consecutive training steps of epoch {self.epoch} had a "
                      f"non-finite loss or gradient ({self.describe()}); stopping: {kept}")

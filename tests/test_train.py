@@ -188,8 +188,9 @@ def test_the_experiment_script_end_to_end(tmp_path):
   assert any(line.startswith("Mean of the last 3 epochs") for line in lines)
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert len(records) == 3 and records[2]["weights"]["depth"] != 1.0
+  # Checkpoints are named by optimizer step: 3 steps per epoch.
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-      "1", "2", "3"]
+      "3", "6", "9"]
   bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--model=vgg"],
                        capture_output=True, text=True, cwd=tmp_path)
   assert bad.returncode != 0 and "invalid choice: 'vgg'" in bad.stderr
@@ -306,7 +307,33 @@ def test_a_run_stops_after_consecutive_non_finite_steps_keeping_its_last_checkpo
   message = str(error.value)
   assert "2 consecutive training steps of epoch 1" in message
   assert "depth 2x" in message and "segmentation" not in message
-  assert "the checkpoint after epoch 1 stays the latest" in message
+  assert "the checkpoint after epoch 0 stays the latest" in message
   checkpoints = Checkpointer(tmp_path / "run" / "checkpoints")
-  assert checkpoints.latest() == 1
+  assert checkpoints.record(checkpoints.latest())["epoch"] == 1  # epochs completed
   checkpoints.close()
+
+
+def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_matches(tmp_path, monkeypatch):
+  import signal
+  from mtan_jax.data import pipeline
+  tfds_dir = tmp_path / "tfds"
+  whole = train.run(tiny_config(tmp_path / "whole", tfds_dir))
+  clean_epoch = pipeline.Loader.epoch
+
+  def preempted(self, epoch, start_step=0):
+    for position, batch in enumerate(clean_epoch(self, epoch, start_step), start=start_step):
+      if self.shuffle and epoch == 1 and position == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the second step is prepared
+      yield batch
+
+  monkeypatch.setattr(pipeline.Loader, "epoch", preempted)
+  with pytest.raises(train.RunInterrupted) as stopped:
+    train.run(tiny_config(tmp_path / "split", tfds_dir))
+  assert "SIGTERM: stopped in epoch 1 after step 2 of 3" in str(stopped.value)
+  assert "--resume" in str(stopped.value) and stopped.value.signal_number == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+  monkeypatch.undo()
+  resumed = train.run(tiny_config(tmp_path / "split", tfds_dir, resume=True))
+  chex.assert_trees_all_equal(whole["state"], resumed["state"])
+  drop_time = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+  assert drop_time(whole["records"]) == drop_time(resumed["records"])
