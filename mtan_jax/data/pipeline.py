@@ -189,7 +189,7 @@ class Loader:
       return np.arange(n)
     return np.random.default_rng([self.seed, epoch]).permutation(n)
 
-  def _local_positions(self, order: np.ndarray, step: int) -> list[int]:
+  def _local_positions(self, step: int) -> list[int]:
     """Epoch positions of this process's share of global batch `step` (>= len: padding)."""
     first = step * self.global_batch_size + self.process_index * self.local_batch_size
     return list(range(first, first + self.local_batch_size))
@@ -222,18 +222,18 @@ class Loader:
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The batches of `epoch`, from step `start_step` on (to resume mid-epoch)."""
-    order = self._cached_order(epoch)
+    self._cached_order(epoch)  # once here, before the worker threads read it
     steps = range(start_step, len(self))
     if self.workers <= 0:
       for step in steps:
-        yield self._assemble([self._example(epoch, p) for p in self._local_positions(order, step)])
+        yield self._assemble([self._example(epoch, p) for p in self._local_positions(step)])
       return
     pool = self._executor()
     pending = collections.deque()
     try:
       for step in steps:
         pending.append([pool.submit(self._example, epoch, p)
-                        for p in self._local_positions(order, step)])
+                        for p in self._local_positions(step)])
         if len(pending) >= self.prefetch:
           yield self._assemble([f.result() for f in pending.popleft()])
       while pending:
