@@ -3,7 +3,8 @@
 Each checkpoint holds the state pytree (parameters, batch statistics, optimizer, weighting state,
 step, epoch, RNG) and a JSON record (the run's config and the position in training). Saves are
 asynchronous; orbax writes into a temporary folder and renames it when complete, so a partial save
-is never taken as the latest.
+(a process killed while writing) is never taken as the latest; the next run deletes such leftover
+temporary folders when it opens the directory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class Checkpointer:
 
   def __init__(self, directory, keep: int = 3):
     self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state: Any, record: dict[str, Any]) -> None:
@@ -32,6 +34,10 @@ class Checkpointer:
 
   def latest(self) -> int | None:
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The committed checkpoints, oldest first (temporary folders of unfinished saves excluded)."""
+    return sorted(self.manager.all_steps())
 
   def record(self, step: int) -> dict[str, Any]:
     """The JSON record of checkpoint `step`, without reading the state."""

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import pathlib
+import sys
 
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import weighting as weighting_lib
@@ -126,6 +127,7 @@ def enable_compilation_cache(folder: str | None) -> None:
 def main(argv: list[str] | None, dataset: str) -> dict:
   """Parses the flags, says what data it trains on, and runs."""
   from mtan_jax import train  # pylint: disable=import-outside-toplevel
+  from mtan_jax.data import DataError, ReleaseError  # pylint: disable=import-outside-toplevel
   config, args = parse(argv, dataset)
   if config.data.release_dir is None:
     print(f"Training on the built-in synthetic scenes ({'indoor' if dataset == 'nyuv2' else 'street'}"
@@ -139,3 +141,6 @@ def main(argv: list[str] | None, dataset: str) -> dict:
   except train.RunInterrupted as stopped:
     print(stopped, flush=True)
     raise SystemExit(128 + stopped.signal_number)
+  except (train.RunError, DataError, ReleaseError) as error:  # said plainly, without a traceback
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(1)

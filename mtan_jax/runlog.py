@@ -27,15 +27,37 @@ def json_safe(value):
 
 
 class RunLog:
-  """Per-epoch records into `workdir/metrics.jsonl` and TensorBoard (`workdir/tensorboard`)."""
+  """Per-epoch records into `workdir/metrics.jsonl` and TensorBoard (`workdir/tensorboard`).
 
-  def __init__(self, workdir, enabled: bool = True):
+  `first_epoch` is the epoch the run starts (or resumes) at: records of later epochs already in
+  metrics.jsonl come from a run killed after logging an epoch but before its checkpoint was
+  committed (or a line cut short by the kill); they are dropped, so the file always describes the
+  epochs the checkpoint holds, and the epoch that is redone is logged once.
+  """
+
+  def __init__(self, workdir, enabled: bool = True, first_epoch: int = 0):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
     self._writer = None
     if enabled:
+      self._keep_epochs_before(first_epoch)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._writer = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def _keep_epochs_before(self, first_epoch: int) -> None:
+    path = self.workdir / "metrics.jsonl"
+    if not path.exists():
+      return
+    kept = []
+    for line in path.read_text().splitlines():
+      try:
+        if json.loads(line)["epoch"] < first_epoch:
+          kept.append(line)
+      except (json.JSONDecodeError, KeyError, TypeError):
+        pass  # a line cut short by a kill
+    temporary = path.with_suffix(".jsonl.tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    temporary.replace(path)  # atomic: a kill now leaves the old file or the new one
 
   def epoch(self, record: dict[str, Any]) -> None:
     """Appends one epoch: {"epoch", "seconds", "lr", "weights", "train", "test", ...}."""

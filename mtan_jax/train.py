@@ -73,6 +73,70 @@ class StopOnSignal:
       signal.signal(sig, handler)
 
 
+OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how XLA's allocators report a failed allocation
+
+
+def device_memory_limit(device) -> int | None:
+  """Bytes a device can allocate (GPU, TPU), or None where it does not say (CPU)."""
+  stats = device.memory_stats()
+  return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def memory_advice(config: TrainConfig, batch_flag: str, batch: int, devices: int) -> str:
+  """What to change when a step does not fit the device's memory."""
+  tips = [f"a smaller --{batch_flag} (now {batch}: {batch // devices} per device)"]
+  if config.dtype == "float32":
+    tips.append("--dtype=bfloat16 (bfloat16 compute, float32 parameters: about half the "
+                "activation memory)")
+  return "try " + " or ".join(tips)
+
+
+def _bytes(count: int) -> str:
+  return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+def explain_out_of_memory(error: Exception, what: str, advice: str) -> RunError | None:
+  """A RunError saying what to change for XLA's out-of-memory `error`; None for other errors."""
+  if not isinstance(error, jax.errors.JaxRuntimeError) or OUT_OF_MEMORY not in str(error):
+    return None
+  first_line = str(error).strip().splitlines()[0]
+  return RunError(f"out of device memory in {what} ({first_line}); {advice}")
+
+
+class MemoryCheckedStep:
+  """A pmapped step compiled at its first call, refusing to run when XLA's memory analysis of the
+  compiled program (arguments + outputs + temporaries, per device) exceeds what the device can
+  allocate, with `advice` instead of an allocator trace at the first step.
+
+  In a multi-process run the step is called as it is (a program lowered from one process's local
+  arguments cannot be called with them); an allocation failure there still becomes a RunError with
+  the advice, through `explain_out_of_memory`."""
+
+  def __init__(self, step, what: str, advice: str, device):
+    self.step, self.what, self.advice, self.device = step, what, advice, device
+    self.compiled = None if jax.process_count() == 1 else step
+
+  def __call__(self, *args):
+    if self.compiled is None:
+      try:
+        compiled = self.step.lower(*args).compile()
+      except jax.errors.JaxRuntimeError as error:
+        explained = explain_out_of_memory(error, f"compiling the {self.what}", self.advice)
+        if explained is None:
+          raise
+        raise explained from error
+      limit = device_memory_limit(self.device)
+      usage = compiled.memory_analysis()
+      if limit is not None and usage is not None:
+        needed = (usage.argument_size_in_bytes + usage.output_size_in_bytes
+                  + usage.temp_size_in_bytes - usage.alias_size_in_bytes)
+        if needed > limit:
+          raise RunError(f"the {self.what} needs {_bytes(needed)} per device, more than the "
+                         f"{_bytes(limit)} a {self.device.device_kind} can allocate; {self.advice}")
+      self.compiled = compiled
+    return self.compiled(*args)
+
+
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
   """The identity fields on which a checkpoint's config and `config` differ, as readable lines."""
   current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, like the saved JSON
@@ -193,16 +257,21 @@ def run(config: TrainConfig) -> dict[str, Any]:
   start_step = position.get("step_in_epoch", 0)
   state = step_lib.replicate(state, devices, pmap_devices)
 
-  train = jax.pmap(functools.partial(
+  train = MemoryCheckedStep(jax.pmap(functools.partial(
       step_lib.train_step, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
       sync_batch_stats=config.bn_statistics == "device"),
-      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
-  evaluate = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
-                      axis_name=step_lib.AXIS, devices=pmap_devices)
+      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,)),
+      "train step", memory_advice(config, "batch_size", config.batch_size, global_devices),
+      devices[0])
+  evaluate = MemoryCheckedStep(
+      jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
+               axis_name=step_lib.AXIS, devices=pmap_devices),
+      "evaluation step", memory_advice(config, "eval_batch_size", eval_batch, global_devices),
+      devices[0])
   close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
                          axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
 
-  log = runlog.RunLog(workdir, enabled=is_main)
+  log = runlog.RunLog(workdir, enabled=is_main, first_epoch=start_epoch)
   say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
       f"{config.weighting} weighting, {steps_per_epoch} steps per epoch, global batch "
       f"{config.batch_size} on {global_devices} device(s), epochs {start_epoch}..{config.epochs}")
@@ -274,6 +343,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
             f"{signal.Signals(stop.signal_number).name}: stopped after epoch {epoch}; saved in "
             f"{checkpoints.directory}. Continue with the same command and --resume "
             f"(--workdir={workdir}).", stop.signal_number)
+  except jax.errors.JaxRuntimeError as error:  # an allocation failed after the first step
+    explained = explain_out_of_memory(error, f"epoch {epoch}", train.advice)
+    if explained is None:
+      raise
+    raise explained from error
   finally:
     stop.__exit__()
     checkpoints.close()

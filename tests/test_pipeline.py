@@ -133,3 +133,33 @@ def test_freed_buffers_are_kept_on_glibc():
   from mtan_jax.data import memory
   expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
   assert memory.keep_freed_memory() is expected
+
+
+def test_a_bad_record_is_refused_naming_its_file_record_field_and_origin(train):
+  """Values a release cannot hold, met while training, stop before they reach a batch."""
+  clean = [train.source[int(k)] for k in train.positions[:3]]
+  shards = [("/data/a.array_record", 2), ("/data/b.array_record", 1)]
+
+  def source_with(position, field, value):
+    records = [dict(r) for r in clean]
+    bad = np.array(records[position][field], copy=True)
+    bad.flat[7] = value
+    records[position][field] = bad
+    return pipeline.TaskSource(records, np.arange(3), NYU, "label", shards, 13,
+                               "/data/nyuv2/train/*/{index}.npy")
+
+  assert set(source_with(2, "depth", 1.5)[2]) == {"image", "segmentation", "depth", "normal"}
+  index = int(clean[2]["index"])
+  cases = [(2, "depth", np.nan, "record 0 of /data/b.array_record", "'depth': finite values "
+            "expected, found 1 NaN or inf"),
+           (1, "image", np.inf, "record 1 of /data/a.array_record", "'image': finite values"),
+           (2, "label", 13, "record 0 of /data/b.array_record", "'segmentation': labels in "
+            "[-1, 13) expected, found 13"),
+           (0, "label", -2, "record 0 of /data/a.array_record", "found -2")]
+  for position, field, value, where, problem in cases:
+    with pytest.raises(pipeline.DataError) as error:
+      source_with(position, field, value)[position]
+    assert str(error.value).startswith(where), error.value
+    assert problem in str(error.value)
+  assert f"(built from /data/nyuv2/train/*/{index}.npy)" in str(
+      pytest.raises(pipeline.DataError, source_with(2, "depth", np.nan).__getitem__, 2).value)

@@ -4,9 +4,11 @@ import functools
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import flax
@@ -20,6 +22,7 @@ from mtan_jax import train
 from mtan_jax import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.config import TrainConfig
+from mtan_jax.data import DataError
 from mtan_jax.data import synthetic
 from mtan_jax.data.pipeline import DataConfig
 from mtan_jax.models import MODEL_NAMES, build_model
@@ -123,6 +126,14 @@ def tiny_config(workdir, tfds_dir, **overrides):
   return TrainConfig(**values)
 
 
+def tiny_flags(workdir, tfds_dir):
+  """`tiny_config` as flags of the experiment scripts."""
+  return ["--weighting=dwa", "--model=split_standard", "--epochs=3", "--resolution=32x64",
+          "--synthetic_size=12,4", "--batch_size=4", "--width_mult=0.0625", "--lr_halve_epoch=2",
+          "--augment", f"--workdir={workdir}", f"--tfds_dir={tfds_dir}", "--progress=false",
+          f"--compilation_cache={XLA_CACHE}", "--workers=2", "--devices=2"]
+
+
 def test_a_run_writes_its_records_and_resumes_exactly(tmp_path):
   tfds_dir = tmp_path / "tfds"
   whole = train.run(tiny_config(tmp_path / "whole", tfds_dir))
@@ -175,11 +186,7 @@ def test_the_experiment_script_end_to_end(tmp_path):
   # The run of `tiny_config` (compiled programs shared through the persistent cache), from the CLI.
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, str(ROOT / "experiments" / "nyuv2.py"), "--weighting=dwa",
-       "--model=split_standard", "--epochs=3", "--resolution=32x64", "--synthetic_size=12,4",
-       "--batch_size=4", "--width_mult=0.0625", "--lr_halve_epoch=2", "--augment",
-       f"--workdir={workdir}", f"--tfds_dir={tmp_path / 'tfds'}", "--progress=false",
-       f"--compilation_cache={XLA_CACHE}", "--workers=2", "--devices=2"],
+      [sys.executable, str(ROOT / "experiments" / "nyuv2.py"), *tiny_flags(workdir, tmp_path / "tfds")],
       env={**os.environ, "JAX_DEFAULT_MATMUL_PRECISION": "highest"},  # the same programs as here
       capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -313,27 +320,93 @@ def test_a_run_stops_after_consecutive_non_finite_steps_keeping_its_last_checkpo
   checkpoints.close()
 
 
-def test_sigterm_mid_epoch_saves_the_exact_position_and_resume_matches(tmp_path, monkeypatch):
-  import signal
-  from mtan_jax.data import pipeline
+def test_a_kill_during_a_save_then_a_sigterm_mid_epoch_lose_nothing(tmp_path):
+  """Real processes (tests/fault_worker.py runs the experiment script's main): SIGKILL while the
+  checkpoint of epoch 1 is being written; resume; SIGTERM while step 2 of epoch 1 is in flight;
+  resume again (in this process). The run ends with the parameters and records of a run never
+  interrupted."""
   tfds_dir = tmp_path / "tfds"
   whole = train.run(tiny_config(tmp_path / "whole", tfds_dir))
-  clean_epoch = pipeline.Loader.epoch
+  workdir, marker = tmp_path / "faulty", tmp_path / "marker"
 
-  def preempted(self, epoch, start_step=0):
-    for position, batch in enumerate(clean_epoch(self, epoch, start_step), start=start_step):
-      if self.shuffle and epoch == 1 and position == 1:
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the second step is prepared
-      yield batch
+  def start(*args):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fault_worker.py"), str(marker), *args,
+         *tiny_flags(workdir, tfds_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
-  monkeypatch.setattr(pipeline.Loader, "epoch", preempted)
-  with pytest.raises(train.RunInterrupted) as stopped:
-    train.run(tiny_config(tmp_path / "split", tfds_dir))
-  assert "SIGTERM: stopped in epoch 1 after step 2 of 3" in str(stopped.value)
-  assert "--resume" in str(stopped.value) and stopped.value.signal_number == signal.SIGTERM
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
-  monkeypatch.undo()
-  resumed = train.run(tiny_config(tmp_path / "split", tfds_dir, resume=True))
-  chex.assert_trees_all_equal(whole["state"], resumed["state"])
+  def wait_for(marker, process):
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+      assert process.poll() is None, process.communicate()[1][-3000:]
+      assert time.monotonic() < deadline, "the worker never reached the fault"
+      time.sleep(0.02)
+
+  checkpoints = lambda: sorted(p.name for p in (workdir / "checkpoints").iterdir())  # noqa: E731
+  process = start("--hang_on_save=2")  # checkpoint 6, after epoch 1
+  wait_for(marker, process)
+  partial = pathlib.Path(marker.read_text())
+  assert partial.parent == workdir / "checkpoints" and (partial / "state").is_dir()
+  process.kill()
+  process.communicate()
+  marker.unlink()
+  assert "6" not in checkpoints() and "3" in checkpoints() and partial.name in checkpoints()
+  assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2  # epoch 1 was logged
+
+  process = start("--pause_at=1,1", "--resume")
+  wait_for(marker, process)
+  process.send_signal(signal.SIGTERM)
+  marker.unlink()
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "Resuming" in out and "checkpoint after epoch 0" in out  # the partial save was not taken
+  assert "SIGTERM: stopped in epoch 1 after step 2 of 3" in out and "--resume" in out
+  assert checkpoints() == ["3", "5"]  # named by optimizer step; the partial folder is gone
+
+  resumed = train.run(tiny_config(workdir, tfds_dir, resume=True))  # here: no third process
+  chex.assert_trees_all_equal(resumed["state"], whole["state"])
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   drop_time = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-  assert drop_time(whole["records"]) == drop_time(resumed["records"])
+  assert drop_time(records) == drop_time(whole["records"])  # each epoch once, as uninterrupted
+
+
+def test_a_damaged_dataset_file_stops_the_run_naming_it_and_keeps_the_last_checkpoint(tmp_path):
+  tfds_dir = tmp_path / "tfds"
+  train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=1))
+  (shard,) = (tfds_dir / "mtan_synthetic").glob("*/1.0.0/mtan_synthetic-train.array_record-*")
+  damaged = bytearray(shard.read_bytes())
+  middle = len(damaged) // 2
+  damaged[middle:middle + 64] = bytes(b ^ 0xFF for b in damaged[middle:middle + 64])
+  shard.write_bytes(bytes(damaged))
+  with pytest.raises(DataError) as error:
+    train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2, resume=True))
+  assert f"of {shard} cannot be read" in str(error.value)
+  assert f"delete {shard.parent} to rebuild it" in str(error.value)
+  from mtan_jax.checkpoint import Checkpointer
+  checkpoints = Checkpointer(tmp_path / "run" / "checkpoints")
+  assert checkpoints.all_steps() == [3]  # nothing saved from a state that saw the bad record
+  checkpoints.close()
+
+
+def test_an_out_of_memory_error_says_what_to_change():
+  config = TrainConfig(batch_size=16)
+  advice = train.memory_advice(config, "batch_size", 16, 2)
+  assert "--batch_size (now 16: 8 per device)" in advice and "--dtype=bfloat16" in advice
+  too_big = jax.jit(lambda: jax.numpy.ones((1 << 42,), np.float32))
+  with pytest.raises(jax.errors.JaxRuntimeError) as raised:  # a real failed allocation
+    too_big().block_until_ready()
+  explained = train.explain_out_of_memory(raised.value, "epoch 3", advice)
+  assert isinstance(explained, train.RunError)
+  assert str(explained).startswith("out of device memory in epoch 3 (RESOURCE_EXHAUSTED")
+  assert str(explained).endswith(advice)
+  assert train.explain_out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "x", advice) is None
+
+
+def test_a_step_that_does_not_fit_the_device_is_refused_before_it_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "device_memory_limit", lambda device: 1 << 20)  # a 1 MiB device
+  with pytest.raises(train.RunError) as error:
+    train.run(tiny_config(tmp_path / "run", tmp_path / "tfds", epochs=1))
+  message = str(error.value)
+  assert "the train step needs" in message and "MiB per device, more than the 1.0 MiB a cpu can" in message
+  assert "--batch_size (now 4: 2 per device)" in message and "--dtype=bfloat16" in message
+  assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))

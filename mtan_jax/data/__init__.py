@@ -3,8 +3,9 @@
 from mtan_jax.data.builders import builder
 from mtan_jax.data.builders import prepare
 from mtan_jax.data.pipeline import DataConfig
+from mtan_jax.data.pipeline import DataError
 from mtan_jax.data.pipeline import Loader
 from mtan_jax.data.pipeline import open_split
 from mtan_jax.data.release import ReleaseError
 
-__all__ = ["DataConfig", "Loader", "ReleaseError", "builder", "open_split", "prepare"]
+__all__ = ["DataConfig", "DataError", "Loader", "ReleaseError", "builder", "open_split", "prepare"]

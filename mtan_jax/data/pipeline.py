@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import pathlib
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -45,33 +46,88 @@ class DataConfig:
   augment: bool = False  # the reference's scale-crop and flip, on "train" only
 
 
+class DataError(ValueError):
+  """A record that cannot be read, or that holds values no release can hold (NaN, labels out of
+  range), found while training or evaluating; the message names the file and the record."""
+
+
 class TaskSource:
   """Random access to one split as task-keyed examples (a sequence; `len`, `[i]`).
+
+  Every record is checked as it is read: an unreadable record (a damaged or truncated shard) or a
+  non-finite image, depth or normal, or a label outside [-1, classes), raises `DataError` naming the
+  shard file, the record, the field and the example it was built from, before it reaches a batch.
 
   Args:
     source: a TFDS data source of a builder in `builders`.
     positions: which records of `source` form the split.
     tasks: the tasks whose targets to return.
     label_field: the release field holding the segmentation labels (label, label_7, label_19).
+    shards: (file, record count) of the source's files in order, to name the file of a record.
+    num_classes: labels must lie in [-1, num_classes).
+    origin: where the example with record field "index" came from, with `{index}` in it, e.g.
+      "/data/nyuv2/train/*/{index}.npy".
   """
 
   def __init__(self, source, positions: np.ndarray, tasks: Sequence[tasks_lib.Task],
-               label_field: str):
+               label_field: str, shards: Sequence[tuple[str, int]] = (),
+               num_classes: int | None = None, origin: str = "example {index}"):
     self.source, self.positions = source, np.asarray(positions)
     self.tasks, self.label_field = tuple(tasks), label_field
+    self.shards, self.num_classes, self.origin = tuple(shards), num_classes, origin
 
   def __len__(self) -> int:
     return len(self.positions)
 
+  def shard_of(self, record: int) -> tuple[str | None, int]:
+    """The file holding the source's record `record` and its position there."""
+    first = 0
+    for path, count in self.shards:
+      if record < first + count:
+        return path, record - first
+      first += count
+    return None, record
+
+  def where(self, record: int) -> str:
+    """'record K of FILE' for the source's record `record`."""
+    path, k = self.shard_of(record)
+    return f"record {k} of {path or 'the split'}"
+
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    record = self.source[int(self.positions[i])]
+    k = int(self.positions[i])
+    try:
+      record = self.source[k]
+    except Exception as error:  # the reader's own errors (riegeli hash mismatch, short file...)
+      path, _ = self.shard_of(k)
+      folder = pathlib.Path(path).parent if path else "its folder"
+      raise DataError(f"{self.where(k)} cannot be read ({type(error).__name__}: {error}); the "
+                      f"built dataset is damaged: delete {folder} to rebuild it") from error
     example = {"image": np.asarray(record["image"], np.float32)}
     for task in self.tasks:
       if task.name == tasks_lib.SEGMENTATION:
         example["segmentation"] = np.asarray(record[self.label_field], np.int32)
       else:
         example[task.name] = np.asarray(record[task.name], np.float32)
+    self._check(example, k, record.get("index"))
     return example
+
+  def _check(self, example: dict[str, np.ndarray], k: int, index) -> None:
+    for name, array in example.items():
+      if name == "segmentation":
+        low, high = int(array.min()), int(array.max())
+        if low < -1 or (self.num_classes is not None and high >= self.num_classes):
+          found = low if low < -1 else high
+          problem = (f"labels in [-1, {self.num_classes}) expected, found {found}")
+        else:
+          continue
+      else:
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if not bad:
+          continue
+        problem = f"finite values expected, found {bad} NaN or inf"
+      made_from = (f" (built from {self.origin.format(index=int(index))})"
+                   if index is not None else "")
+      raise DataError(f"{self.where(k)}{made_from}, field {name!r}: {problem}")
 
 
 def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
@@ -104,7 +160,12 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
   label_field = "label" if config.dataset == "nyuv2" else f"label_{classes}"
   if config.dataset == "cityscapes" and classes not in (7, 19):
     raise ValueError(f"num_classes for cityscapes: expected 7 or 19, found {classes}")
-  return TaskSource(source, positions, tasks, label_field)
+  info = b.info.splits["test" if split == "test" else "train"]
+  shards = list(zip((str(p) for p in info.filepaths), info.shard_lengths))
+  folder = builders.TFDS_SPLITS["test" if split == "test" else "train"]
+  origin = ("synthetic scene {index}" if config.release_dir is None else
+            f"{config.release_dir}/{folder}/*/{{index}}.npy")
+  return TaskSource(source, positions, tasks, label_field, shards, classes, origin)
 
 
 def _zeros_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

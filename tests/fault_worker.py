@@ -1,0 +1,70 @@
+"""A training run for the fault tests, in its own process so that it can be killed for real:
+
+    python fault_worker.py MARKER [--hang_on_save=N] [--pause_at=EPOCH,STEP] FLAGS...
+
+It runs `cli.main(FLAGS, "nyuv2")`, as experiments/nyuv2.py does (exit status 128 + signal after an
+interruption). Two hooks let the parent act at a known moment, each announced by the file MARKER:
+- `--hang_on_save=N`: the N-th checkpoint save stops just before orbax commits it (its temporary
+  folder written, not yet renamed) and waits there, for the parent's SIGKILL.
+- `--pause_at=EPOCH,STEP`: the input pipeline waits before handing out that batch of the training
+  epoch until the parent deletes the marker (after sending its signal), so the signal arrives while
+  the step before it is in flight.
+"""
+
+import argparse
+import asyncio
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("marker")
+  parser.add_argument("--hang_on_save", type=int, default=0)
+  parser.add_argument("--pause_at", default="")
+  args, flags = parser.parse_known_args()
+  sys.path.insert(0, str(ROOT))
+
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_default_matmul_precision", "highest")  # the programs of the test process
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+
+  from mtan_jax import cli  # pylint: disable=import-outside-toplevel
+  from mtan_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  marker = pathlib.Path(args.marker)
+  if args.hang_on_save:
+    commit = atomicity.AtomicRenameTemporaryPath.finalize
+    saves = []
+
+    async def hanging_commit(self, *a, **k):
+      if pathlib.Path(str(self.get())).parent.name == "checkpoints":  # a step, not one of its items
+        saves.append(self)
+      if len(saves) == args.hang_on_save and saves[-1] is self:
+        marker.write_text(str(self.get()))
+        await asyncio.sleep(3600)
+      return await commit(self, *a, **k)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = hanging_commit
+  if args.pause_at:
+    pause_epoch, pause_step = (int(v) for v in args.pause_at.split(","))
+    clean_epoch = pipeline.Loader.epoch
+
+    def paused_epoch(self, epoch, start_step=0):
+      for step, batch in enumerate(clean_epoch(self, epoch, start_step), start=start_step):
+        if self.shuffle and (epoch, step) == (pause_epoch, pause_step):
+          marker.write_text("paused")
+          while marker.exists():
+            time.sleep(0.01)
+        yield batch
+
+    pipeline.Loader.epoch = paused_epoch
+
+  cli.main(flags, "nyuv2")
+
+
+if __name__ == "__main__":
+  main()
