@@ -4,6 +4,9 @@ import importlib.util
 import json
 import pathlib
 
+import numpy as np
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +26,30 @@ def test_input_pipeline_benchmark_prints_json_lines_and_a_table(tmp_path, capsys
                                           "loader (warm-up)", "loader"]
   assert all(r.get("per_second", 1) > 0 for r in rows)
   assert any(line.startswith("measure") for line in lines)
+
+
+def test_train_step_benchmark_times_both_modes_and_dtypes(capsys):
+  rows = load("train_step").main(["--model=split_standard", "--resolution=32x32",
+                                  "--width_mult=0.0625", "--batch_sizes=2", "--mode=both",
+                                  "--steps=2", "--warmup=1"])
+  assert [(r["mode"], r["dtype"]) for r in rows] == [
+      ("train", "float32"), ("train", "bfloat16"), ("eval", "float32"), ("eval", "bfloat16")]
+  for row in rows:
+    assert row["step_ms"] > 0 and row["compile_s"] > 0 and row["program_gib"] > 0
+    assert row["images_per_s"] == pytest.approx(2 / (row["step_ms"] / 1e3), rel=1e-2)
+    assert row["xla_gflop_per_step"] > 0 and row["ref_tflops"] is None  # not the full size
+  train_flop, eval_flop = rows[0]["xla_gflop_per_step"], rows[2]["xla_gflop_per_step"]
+  assert 2 < train_flop / eval_flop < 4  # backward ~2x forward
+  lines = capsys.readouterr().out.splitlines()
+  assert len([line for line in lines if line.startswith("{")]) == 4
+  assert lines[-5].split()[:3] == ["model", "mode", "dtype"]
+
+
+def test_the_benchmark_batch_is_valid_for_the_losses():
+  from mtan_jax import tasks as tasks_lib
+  batch = load("train_step").random_batch(tasks_lib.dataset_tasks("nyuv2"), 3, 16, 24)
+  labels, depth, normal = batch["segmentation"], batch["depth"], batch["normal"]
+  assert labels.min() == -1 and labels.max() == 12 and labels.shape == (1, 3, 16, 24)
+  valid = depth[..., 0] > 0
+  assert 0.6 < valid.mean() < 0.9 and np.all((np.abs(normal).sum(-1) > 0) == valid)
+  np.testing.assert_allclose(np.linalg.norm(normal[valid], axis=-1), 1, rtol=1e-5)
