@@ -151,7 +151,7 @@ def table(rows: list[dict]) -> str:
   return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells)
 
 
-def _resolution(text: str) -> tuple[int, int]:
+def parse_resolution(text: str) -> tuple[int, int]:
   height, width = (int(v) for v in text.lower().split("x"))
   return height, width
 
@@ -163,7 +163,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--mode", default="train", choices=("train", "eval", "both"))
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--batch_sizes", default="8,16")
-  parser.add_argument("--resolution", type=_resolution, default=None,
+  parser.add_argument("--resolution", type=parse_resolution, default=None,
                       help="HEIGHTxWIDTH (default 288x384 NYUv2, 128x256 CityScapes)")
   parser.add_argument("--width_mult", type=float, default=1.0)
   parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)

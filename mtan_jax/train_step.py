@@ -115,8 +115,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   def objective(params):
     outputs, updated = model.apply({"params": params["model"], "batch_stats": state.batch_stats},
                                    batch["image"], train=True, mutable=["batch_stats"])
-    task_losses = _task_losses(tasks, outputs, batch, axis_name)
-    total = weighting.total(task_losses, params["weighting"], state.weighting_state)
+    with jax.named_scope("losses"):  # named scopes label the ops in profiles
+      task_losses = _task_losses(tasks, outputs, batch, axis_name)
+      total = weighting.total(task_losses, params["weighting"], state.weighting_state)
     return total / devices, (total, task_losses, outputs, updated["batch_stats"])
 
   grads, (total, task_losses, outputs, batch_stats) = jax.grad(objective, has_aux=True)(
@@ -124,25 +125,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   grads = jax.lax.psum(grads, axis_name)
   if sync_batch_stats:  # per-device BatchNorm: keep the replicas' running statistics identical
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  with jax.named_scope("optimizer"):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
   # A non-finite loss or gradient anywhere skips the step on every device: parameters, optimizer,
   # statistics and weighting state stay as they were (the step counter still moves, so the data
   # and learning-rate schedules stay aligned with an uninterrupted run).
-  finite = jnp.isfinite(total) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-  finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
-  keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-      lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params),
-      batch_stats=keep(batch_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
-      weighting_state=keep(weighting.observe(state.weighting_state, task_losses),
-                           state.weighting_state))
+  with jax.named_scope("skip_non_finite"):
+    finite = jnp.isfinite(total) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        weighting_state=keep(weighting.observe(state.weighting_state, task_losses),
+                             state.weighting_state))
+  with jax.named_scope("metrics"):
+    sums = metrics_lib.batch_sums(tasks, outputs, batch, axis_name)
   return new_state, {"loss": total, "task_losses": task_losses, "skipped": ~finite,
                      "weights": weighting.weights(state.params["weighting"],
-                                                  state.weighting_state),
-                     "sums": metrics_lib.batch_sums(tasks, outputs, batch, axis_name)}
+                                                  state.weighting_state), "sums": sums}
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tasks,
@@ -150,8 +155,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   """Predictions with running statistics: {"task_losses": ..., "sums": metric sums}."""
   outputs = model.apply({"params": state.params["model"], "batch_stats": state.batch_stats},
                         batch["image"], train=False)
-  return {"task_losses": _task_losses(tasks, outputs, batch, axis_name),
-          "sums": metrics_lib.batch_sums(tasks, outputs, batch, axis_name)}
+  with jax.named_scope("losses"):
+    task_losses = _task_losses(tasks, outputs, batch, axis_name)
+  with jax.named_scope("metrics"):
+    return {"task_losses": task_losses,
+            "sums": metrics_lib.batch_sums(tasks, outputs, batch, axis_name)}
 
 
 def end_epoch(state: TrainState, *, weighting: Weighting) -> TrainState:

@@ -53,3 +53,39 @@ def test_the_benchmark_batch_is_valid_for_the_losses():
   valid = depth[..., 0] > 0
   assert 0.6 < valid.mean() < 0.9 and np.all((np.abs(normal).sum(-1) > 0) == valid)
   np.testing.assert_allclose(np.linalg.norm(normal[valid], axis=-1), 1, rtol=1e-5)
+
+
+def test_profile_groups_ops_by_phase_and_component():
+  profile = load("profile_step")
+  cases = {
+      "jit(_fun)/transpose(jvp(MTAN))/depth_encoder_mask_1/conv_g/conv_general_dilated":
+          ("backward", "convolution"),
+      "jit(_fun)/jvp(MTAN)/depth_encoder_mask_1/bn_h/reduce_sum": ("forward", "batchnorm"),
+      "jit(_fun)/jvp(MTAN)/segmentation_decoder_mask_0/mul": ("forward", "attention"),
+      "jit(_fun)/jvp(MTAN)/backbone/decoder_2/max_unpool/select_n": ("forward", "max_unpool"),
+      "jit(_fun)/transpose(jvp(MTAN))/backbone/encoder_0/max_pool_with_argmax/eq":
+          ("backward", "max_pool"),
+      "jit(_fun)/optimizer/mul": ("update", "optimizer"),
+      "jit(_fun)/metrics/acos": ("update", "metrics"),
+      "jit(_fun)/jvp(losses)/log": ("forward", "losses"),
+      "jit(_fun)/jvp(MTAN)/backbone/encoder_0/block_0/relu/max": ("forward", "other")}
+  for name, expected in cases.items():
+    assert profile.classify(name) == expected, name
+  hlo = ('  %fusion.3 = f32[2]{0} fusion(f32[2]{0} %p), kind=kLoop, calls=%fc, '
+         'metadata={op_name="jit(_fun)/jvp(MTAN)/x/mul" source_file="a.py" source_line=3}\n'
+         '  ROOT %convolution.7 = f32[1]{0} convolution(%a, %b), metadata={op_name="c/conv"}\n'
+         '  %param.1 = f32[2]{0} parameter(0)\n')
+  assert profile.op_names(hlo) == {"fusion.3": "jit(_fun)/jvp(MTAN)/x/mul",
+                                   "convolution.7": "c/conv"}
+
+
+def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
+  result = load("profile_step").main(["--model=split_standard", "--resolution=32x32",
+                                      "--width_mult=0.0625", "--batch=2", "--steps=2"])
+  groups = {(g["phase"], g["component"]): g for g in result["groups"]}
+  assert {("forward", "convolution"), ("backward", "convolution"),
+          ("forward", "batchnorm")} <= set(groups)
+  assert sum(g["share"] for g in result["groups"]) == pytest.approx(1, abs=1e-3)
+  assert sum(g["ms"] for g in result["groups"]) == pytest.approx(result["op_ms_per_step"],
+                                                                  rel=1e-2)
+  assert "component" in capsys.readouterr().out

@@ -25,6 +25,7 @@ def _check_even(x: jax.Array, name: str) -> None:
     raise ValueError(f"{name}: expected [B, H, W, C] with even H and W, found shape {x.shape}")
 
 
+@jax.named_scope("max_pool_with_argmax")  # names its ops in profiles
 def max_pool_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """2x2 max-pool with stride 2 that also says where each maximum was.
 
@@ -56,6 +57,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return max_pool_with_argmax(x)[0]
 
 
+@jax.named_scope("max_unpool")  # names its ops in profiles
 def max_unpool(x: jax.Array, argmax: jax.Array) -> jax.Array:
   """Inverse of `max_pool_with_argmax`: each value goes back to its window position, zeros elsewhere.
 
@@ -95,6 +97,7 @@ def align_corners_matrix(size_in: int, size_out: int) -> np.ndarray:
   return matrix
 
 
+@jax.named_scope("upsample_bilinear_x2")  # names its ops in profiles
 def upsample_bilinear_x2(x: jax.Array) -> jax.Array:
   """Bilinear x2 upsampling with `align_corners=True`: `[B, H, W, C]` -> `[B, 2H, 2W, C]`.
 

@@ -1,0 +1,178 @@
+"""Where a train step's time goes: a jax.profiler trace of a few steps, grouped by component.
+
+  python benchmarks/profile_step.py                                  # MTAN, NYUv2 288x384, batch 8
+  python benchmarks/profile_step.py --dtype=bfloat16 --batch=16 --trace_dir=/tmp/mtan_trace
+  python benchmarks/profile_step.py --resolution=64x96 --width_mult=0.125 --batch=2   # on a CPU
+
+The step is the one training runs (see benchmarks/train_step.py). Every op event of the trace (GPU:
+the device's XLA ops; CPU: XLA's thunks on the worker threads) is matched by its HLO instruction
+name to the compiled program, whose metadata says which JAX operation and module it came from.
+Events are then grouped by
+
+  phase      forward, backward (the transpose of the forward), update (optimizer, skip check,
+             metric sums) and other
+  component  convolution, batchnorm, attention (MTAN's masks and attention blocks, convolutions
+             excluded), max_pool, max_unpool, upsample (bilinear x2), losses, metrics, optimizer,
+             skip_non_finite, other (elementwise work not inside one of these)
+
+and printed as milliseconds per step and shares of the op time, with the most expensive ops.
+On a CPU the op time is summed over threads, so it exceeds the wall time; the shares still say
+where the work goes. The trace itself stays in --trace_dir for TensorBoard / XProf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+import train_step as bench  # noqa: E402  (benchmarks/train_step.py)
+from mtan_jax import tasks as tasks_lib  # noqa: E402
+from mtan_jax import train_step as step_lib  # noqa: E402
+from mtan_jax import weighting as weighting_lib  # noqa: E402
+from mtan_jax.models import MODEL_NAMES, build_model  # noqa: E402
+
+# Named scopes of the library, in the order they are looked for in an op's name (innermost first).
+SCOPES = ("max_pool_with_argmax", "max_unpool", "upsample_bilinear_x2", "optimizer",
+          "skip_non_finite", "metrics", "losses")
+COMPONENT_OF_SCOPE = {"max_pool_with_argmax": "max_pool", "upsample_bilinear_x2": "upsample"}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> the JAX op name in its metadata, for every instruction that has one."""
+  out = {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      out[match.group(1)] = match.group(2)
+  return out
+
+
+def classify(op_name: str) -> tuple[str, str]:
+  """(phase, component) of one op from its JAX op name, e.g.
+  'jit(_fun)/transpose(jvp(MTAN))/depth_encoder_mask_1/conv_g/conv_general_dilated'."""
+  if "transpose(" in op_name:
+    phase = "backward"
+  elif "jvp(" in op_name:
+    phase = "forward"
+  elif re.search(r"(^|/)(optimizer|skip_non_finite|metrics)/", op_name):
+    phase = "update"
+  else:
+    phase = "other"
+  for scope in SCOPES:
+    if re.search(rf"(^|[/(]){scope}($|[/)])", op_name):  # a/losses/b or jvp(losses)
+      return phase, COMPONENT_OF_SCOPE.get(scope, scope)
+  if "conv_general_dilated" in op_name:
+    return phase, "convolution"
+  if re.search(r"/bn(_[gh])?/", op_name):
+    return phase, "batchnorm"
+  if re.search(r"_mask_\d|att_block", op_name):
+    return phase, "attention"
+  return phase, "other"
+
+
+def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, width_mult: float,
+            weighting_name: str, steps: int, trace_dir: str) -> dict:
+  """Traces `steps` train steps after a warm-up; returns ms per step by (phase, component) and the
+  most expensive ops."""
+  tasks = tasks_lib.dataset_tasks(dataset)
+  tasks = tasks[:1] if model_name in ("single", "stan") else tasks
+  model = build_model(model_name, tasks, width_mult=width_mult, dtype=dtype,
+                      bn_axis_name=step_lib.AXIS)
+  weighting = weighting_lib.build(weighting_name, tasks)
+  optimizer = step_lib.make_optimizer(1e-4, 0)
+  device = jax.local_devices()[:1]
+  state = step_lib.replicate(step_lib.create_train_state(model, weighting, optimizer, resolution, 0),
+                             device, device)
+  data = jax.pmap(lambda x: x, devices=device)(bench.random_batch(tasks, batch, *resolution))
+  step = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                    optimizer=optimizer, tasks=tasks, sync_batch_stats=False),
+                  axis_name=step_lib.AXIS, devices=device, donate_argnums=(0,))
+  compiled = step.lower(state, data).compile()
+  names = op_names(compiled.as_text())
+  for _ in range(2):
+    state, outputs = compiled(state, data)
+  jax.block_until_ready((state, outputs))
+  with jax.profiler.trace(trace_dir):
+    for _ in range(steps):
+      state, outputs = compiled(state, data)
+    jax.block_until_ready((state, outputs))
+
+  (path,) = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
+  trace = jax.profiler.ProfileData.from_file(path)
+  by_group, by_op = collections.Counter(), collections.Counter()
+  for plane in trace.planes:
+    for line in plane.lines:
+      for event in line.events:
+        op_name = names.get(event.name)
+        if op_name is None:
+          continue
+        by_group[classify(op_name)] += event.duration_ns
+        by_op[(event.name, op_name)] += event.duration_ns
+  total = sum(by_group.values())
+  ms = lambda ns: round(ns / 1e6 / steps, 3)  # noqa: E731
+  return {"model": model_name, "dtype": dtype, "batch": batch,
+          "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
+          "device": device[0].device_kind, "steps": steps, "op_ms_per_step": ms(total),
+          "groups": [{"phase": p, "component": c, "ms": ms(ns), "share": round(ns / total, 4)}
+                     for (p, c), ns in by_group.most_common()],
+          "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}
+                      for (op, jax_name), ns in by_op.most_common(15)]}
+
+
+def report(result: dict) -> str:
+  """Tables: component x phase, then the most expensive ops."""
+  phases = ("forward", "backward", "update", "other")
+  cells = collections.defaultdict(float)
+  for g in result["groups"]:
+    cells[(g["component"], g["phase"])] += g["ms"]
+  components = sorted({c for c, _ in cells}, key=lambda c: -sum(cells[(c, p)] for p in phases))
+  total = result["op_ms_per_step"]
+  lines = [f"{result['model']} {result['dtype']} batch {result['batch']} {result['resolution']} "
+           f"on {result['device']}: {total:.2f} ms of op time per step",
+           f"{'component':<16}" + "".join(f"{p:>11}" for p in phases) + f"{'total':>11}{'share':>8}"]
+  for c in components:
+    row = sum(cells[(c, p)] for p in phases)
+    lines.append(f"{c:<16}" + "".join(f"{cells[(c, p)]:>11.2f}" for p in phases)
+                 + f"{row:>11.2f}{row / total:>8.1%}")
+  lines.append("most expensive ops (ms per step, share, JAX op):")
+  for op in result["top_ops"]:
+    lines.append(f"  {op['ms']:>9.3f} {op['share']:>6.1%}  {op['op']:<28} {op['jax'][-90:]}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="mtan", choices=MODEL_NAMES)
+  parser.add_argument("--dataset", default="nyuv2", choices=("nyuv2", "cityscapes"))
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--resolution", type=bench.parse_resolution, default=None)
+  parser.add_argument("--width_mult", type=float, default=1.0)
+  parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)
+  parser.add_argument("--steps", type=int, default=5, help="traced steps")
+  parser.add_argument("--trace_dir", default=None, help="keep the trace here (default: temporary)")
+  args = parser.parse_args(argv)
+  resolution = args.resolution or ((288, 384) if args.dataset == "nyuv2" else (128, 256))
+  with tempfile.TemporaryDirectory() as tmp:
+    result = profile(args.model, args.dataset, args.dtype, args.batch, resolution,
+                     args.width_mult, args.weighting, args.steps, args.trace_dir or tmp)
+  print(json.dumps(result), flush=True)
+  print(report(result), flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()
