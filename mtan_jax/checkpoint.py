@@ -18,12 +18,18 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves and restores a run's train state in `directory` (keeping the last `keep`)."""
+  """Saves and restores a run's train state in `directory` (keeping the last `keep`).
 
-  def __init__(self, directory, keep: int = 3):
+  `read_only`: only reads (plots and reports of a run that may still be training): creates
+  nothing and leaves temporary folders alone, since one may be a save in progress.
+  """
+
+  def __init__(self, directory, keep: int = 3, read_only: bool = False):
     self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                           create=not read_only,
+                                           cleanup_tmp_directories=not read_only,
+                                           read_only=read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state: Any, record: dict[str, Any]) -> None:

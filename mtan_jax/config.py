@@ -44,3 +44,20 @@ class TrainConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors)."""
+    values = dict(values)
+    data = dict(values.pop("data", {}))
+    for name, known, given in (("", cls, values), ("data.", DataConfig, data)):
+      unknown = set(given) - {f.name for f in dataclasses.fields(known)}
+      if unknown:
+        raise ValueError(f"{source}: unknown field(s) {', '.join(name + u for u in sorted(unknown))}"
+                         f"; expected those of {known.__name__}")
+    for name in ("resolution", "synthetic_size"):
+      if data.get(name) is not None:
+        data[name] = tuple(data[name])
+    if values.get("tasks") is not None:
+      values["tasks"] = tuple(values["tasks"])
+    return cls(data=DataConfig(**data), **values)

@@ -151,7 +151,8 @@ def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
   return out
 
 
-RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "summary.json", "config.json")
+RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp", "summary.json",
+             "config.json", "curves.png")
 
 
 def clear_run_folder(workdir: pathlib.Path) -> None:
@@ -363,6 +364,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
     (workdir / "summary.json").write_text(json.dumps(
         {"last_epochs": count, "test": runlog.json_safe(summary)}, indent=1))
     say(runlog.format_summary(summary, count))
+  if is_main and records:
+    from mtan_jax import plot  # pylint: disable=import-outside-toplevel
+    try:
+      say(f"Curves: {plot.curves([workdir], workdir / 'curves.png')}")
+    except Exception as error:  # pylint: disable=broad-except  (the run itself is complete)
+      say(f"warning: could not draw {workdir / 'curves.png'}: {type(error).__name__}: {error}")
   return {"records": records, "summary": summary, "state": _host(state)}
 
 

@@ -143,6 +143,8 @@ class AttentionMask(nn.Module):
                   kernel_init=self.kernel_init, name=f"conv_{name}")(x)
       x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=f"bn_{name}")(x, train)
       x = activation(x)
+    # Kept only when the caller asks for it (apply(..., mutable=["intermediates"])), for plots.
+    self.sow("intermediates", "mask", x)
     return x
 
 

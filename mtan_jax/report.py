@@ -1,0 +1,292 @@
+"""The paper's results tables (Tables 1 and 3), regenerated from run folders.
+
+  python -m mtan_jax.report RUN_DIR [RUN_DIR ...]            # a Markdown table per dataset
+  python -m mtan_jax.report runs/* --paper                    # with the paper's numbers beside
+  python -m mtan_jax.report runs/* --output=results.md
+
+Every run contributes the mean of its last 10 epochs on the test split (`--split`), as the paper
+reports. Runs that differ only in their seed (or folder) form one row: mean ± sample standard
+deviation over the seeds, their count in the "runs" column. Single-task runs ("single", "stan") form
+one row per model, each task's columns from the runs trained on that task, as the paper's "One Task"
+and "STAN" rows; the "One Task" row is the baseline of Δm (every metric weighted equally, positive
+is better; `metrics.delta_m`). #P is the parameter count relative to one single-task SegNet (one
+network per task for the single-task rows). The best value of each column among the runs is bold.
+Units as in the paper: mIoU, pixel accuracy and the angle thresholds in percent.
+
+`--paper` adds, under each row, the paper's numbers for the same architecture and weighting (from
+mtan_jax/paper_results.md, the paper's tables), with Δm against the paper's own One Task row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import re
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from mtan_jax import metrics as metrics_lib
+from mtan_jax import runlog
+from mtan_jax import runs as runs_lib
+from mtan_jax import tasks as tasks_lib
+
+PAPER_FILE = pathlib.Path(__file__).with_name("paper_results.md")
+ARCHITECTURES = {"single": "One Task", "stan": "STAN", "split_standard": "Split, Standard",
+                 "split_wide": "Split, Wide", "split_deep": "Split, Deep", "dense": "Dense",
+                 "cross_stitch": "Cross-Stitch", "mtan": "MTAN"}
+SINGLE_TASK = ("single", "stan")
+PERCENT = {"miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30"}
+HEADERS = {"miou": "mIoU", "pixel_accuracy": "Pix Acc", "abs_error": "Abs Err",
+           "rel_error": "Rel Err", "angle_mean": "Mean", "angle_median": "Median",
+           "within_11.25": "11.25", "within_22.5": "22.5", "within_30": "30"}
+# Fields of a run's config that do not change what it measures: runs differing only in these are
+# repeats of one configuration.
+NOT_IDENTITY = {"seed", "workdir", "resume", "overwrite", "progress", "workers", "devices",
+                "multihost", "keep_checkpoints", "eval_batch_size"}
+
+
+@dataclasses.dataclass
+class Row:
+  """One line of a table: what was trained, and the metrics {task: {metric: value}}."""
+
+  model: str
+  weighting: str | None  # None for single-task rows
+  params: float | None  # #P
+  runs: int
+  means: dict[str, dict[str, float]]
+  stds: dict[str, dict[str, float]]
+  paper: bool = False
+  delta: float | None = None
+  temperature: float = 2.0  # DWA's, for the weighting's label
+
+  @property
+  def key(self) -> tuple[str, str | None]:
+    return self.model, self.weighting
+
+
+def weighting_label(weighting: str | None, temperature: float = 2.0) -> str:
+  if weighting is None:
+    return "n.a."
+  return {"equal": "Equal", "uncertainty": "Uncertainty"}.get(
+      weighting, f"DWA, T={temperature:g}" if weighting == "dwa" else weighting)
+
+
+# --- The paper's tables ------------------------------------------------------------------------
+
+_PAPER_ARCHITECTURES = {v: k for k, v in ARCHITECTURES.items()}
+_PAPER_WEIGHTINGS = {"n.a.": None, "Equal": "equal", "Uncertainty": "uncertainty",
+                     "DWA, T=2": "dwa"}
+_PAPER_SECTIONS = {"CityScapes": tasks_lib.CITYSCAPES, "NYUv2": tasks_lib.NYUV2}
+
+
+def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
+  """{dataset: rows} of the paper's tables, values in this library's units (fractions)."""
+  out: dict[str, list[Row]] = {}
+  dataset, params, model = None, None, None
+  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+    heading = re.match(r"^## (\w+)", line)
+    if heading:
+      dataset = _PAPER_SECTIONS.get(heading.group(1))
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if (dataset is None or not line.startswith("|") or len(cells) < 4 or cells[0] == "#P"
+        or re.fullmatch(r"[-: ]+", cells[0])):  # not a row of values: header or rule
+      continue
+    params = float(cells[0].lstrip("~")) if cells[0] else params
+    model = _PAPER_ARCHITECTURES[cells[1]] if cells[1] else model
+    if cells[2] not in _PAPER_WEIGHTINGS:
+      raise ValueError(f"{path}:{number}: weighting {cells[2]!r} not one of "
+                       f"{sorted(_PAPER_WEIGHTINGS)}")
+    tasks = [t.name for t in tasks_lib.dataset_tasks(dataset)]
+    names = [(t, m) for t in tasks for m in metrics_lib.TASK_METRICS[t]]
+    if len(cells) - 3 != len(names):
+      raise ValueError(f"{path}:{number}: expected {len(names)} metrics, found {len(cells) - 3}")
+    means: dict[str, dict[str, float]] = {t: {} for t in tasks}
+    for (task, metric), cell in zip(names, cells[3:]):
+      means[task][metric] = float(cell) / (100 if metric in PERCENT else 1)
+    out.setdefault(dataset, []).append(Row(model, _PAPER_WEIGHTINGS[cells[2]], params, 0, means,
+                                           {}, paper=True))
+  return out
+
+
+# --- Rows from runs ----------------------------------------------------------------------------
+
+def _identity(run: runs_lib.Run) -> str:
+  values = {k: v for k, v in run.config.to_dict().items() if k not in NOT_IDENTITY}
+  return repr(sorted(values.items()))
+
+
+def _mean_std(results: list[dict[str, dict[str, float]]]):
+  means, stds = {}, {}
+  for task in results[0]:
+    means[task], stds[task] = {}, {}
+    for metric in results[0][task]:
+      values = [r[task][metric] for r in results if r[task].get(metric) is not None]
+      means[task][metric] = float(np.mean(values)) if values else float("nan")
+      stds[task][metric] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+  return means, stds
+
+
+def parameter_ratio(model: str, tasks, width_mult: float) -> float:
+  from mtan_jax.models import registry  # pylint: disable=import-outside-toplevel
+  reference = registry.count_parameters("single", tasks[:1], width_mult=width_mult)
+  if model in SINGLE_TASK:
+    return sum(registry.count_parameters(model, (t,), width_mult=width_mult)
+               for t in tasks) / reference
+  return registry.count_parameters(model, tuple(tasks), width_mult=width_mult) / reference
+
+
+def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Row]:
+  """Rows of one dataset's runs: repeats averaged, single-task runs joined per model."""
+  results = []
+  for run in runs:
+    result = runlog.last_epochs_mean(run.records, split)
+    if not result:
+      raise ValueError(f"{run.path / 'metrics.jsonl'}: no {split!r} metrics recorded")
+    results.append(result)
+  groups: dict[str, list[int]] = {}
+  for i, run in enumerate(runs):
+    key = run.config.model if run.config.model in SINGLE_TASK else _identity(run)
+    groups.setdefault(key, []).append(i)
+  dataset_tasks = tasks_lib.dataset_tasks(runs[0].config.dataset, None,
+                                          runs[0].config.data.num_classes)
+  rows = []
+  for members in groups.values():
+    first = runs[members[0]]
+    if first.config.model in SINGLE_TASK:
+      means, stds, counts = {}, {}, []
+      for task in dataset_tasks:
+        chosen = [results[i] for i in members if runs[i].tasks[0].name == task.name]
+        if chosen:
+          m, s = _mean_std(chosen)
+          means[task.name], stds[task.name] = m[task.name], s[task.name]
+          counts.append(len(chosen))
+      covered = tuple(t for t in dataset_tasks if t.name in means)
+      rows.append(Row(first.config.model, None, parameter_ratio(
+          first.config.model, covered, first.config.width_mult), min(counts), means, stds))
+    else:
+      means, stds = _mean_std([results[i] for i in members])
+      rows.append(Row(first.config.model, first.config.weighting, parameter_ratio(
+          first.config.model, first.tasks, first.config.width_mult), len(members), means, stds,
+          temperature=first.config.temperature))
+  order = list(ARCHITECTURES)
+  weightings = [None, "equal", "uncertainty", "dwa"]
+  rows.sort(key=lambda r: (order.index(r.model), weightings.index(r.weighting)
+                           if r.weighting in weightings else len(weightings)))
+  return rows
+
+
+def add_delta_m(rows: list[Row], tasks: set[str] | None = None) -> None:
+  """Δm of every row against the "single" row among them (left None when there is none), over
+  the tasks both have (and only `tasks`, when given)."""
+  baseline = next((r for r in rows if r.model == "single"), None)
+  if baseline is None:
+    return
+  for row in rows:
+    shared = {t: baseline.means[t] for t in baseline.means
+              if t in row.means and (tasks is None or t in tasks)}
+    if shared:
+      row.delta = metrics_lib.delta_m(row.means, shared)
+
+
+# --- The table ---------------------------------------------------------------------------------
+
+def _format(metric: str, value: float) -> str:
+  if value is None or not np.isfinite(value):
+    return "—"
+  if metric in PERCENT:
+    return f"{100 * value:.2f}"
+  return f"{value:.4f}" if metric in ("abs_error", "rel_error") else f"{value:.2f}"
+
+
+def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:
+  """Markdown: #P, architecture, weighting, runs, the metrics, Δm; the best of our rows in bold."""
+  ours = [r for r in rows if not r.paper]
+  best = {}
+  for task, metric in columns:
+    values = [r.means[task][metric] for r in ours if task in r.means
+              and np.isfinite(r.means[task].get(metric, np.nan))]
+    if values:
+      best[(task, metric)] = max(values) if metrics_lib.HIGHER_IS_BETTER[metric] else min(values)
+  deltas = [r.delta for r in ours if r.delta is not None]
+  with_delta = any(r.delta is not None for r in rows)
+  arrow = lambda metric: "↑" if metrics_lib.HIGHER_IS_BETTER[metric] else "↓"  # noqa: E731
+  header = ["#P", "Architecture", "Weighting", "runs"] + [
+      f"{task} {HEADERS[metric]} {arrow(metric)}" for task, metric in columns]
+  header += ["Δm % ↑"] if with_delta else []
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(header) - 4)) + "|"]
+  for row in rows:
+    cells = [f"{row.params:.2f}" if row.params is not None else "",
+             ("↳ paper" if row.paper else ARCHITECTURES.get(row.model, row.model)),
+             weighting_label(row.weighting, row.temperature), "" if row.paper else str(row.runs)]
+    for task, metric in columns:
+      value = row.means.get(task, {}).get(metric)
+      text = _format(metric, value)
+      std = row.stds.get(task, {}).get(metric)
+      if std is not None and np.isfinite(std):
+        text += f" ± {_format(metric, std)}"
+      if not row.paper and value is not None and best.get((task, metric)) == value:
+        text = f"**{text}**"
+      cells.append(text)
+    if with_delta:
+      text = "—" if row.delta is None else f"{row.delta:+.2f}"
+      if not row.paper and row.delta is not None and row.delta == max(deltas):
+        text = f"**{text}**"
+      cells.append(text)
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
+  """The Markdown report of `run_dirs`: a table per dataset."""
+  runs = [runs_lib.load_run(d) for d in run_dirs]
+  by_dataset: dict[str, list[runs_lib.Run]] = {}
+  for run in runs:
+    by_dataset.setdefault(run.config.dataset, []).append(run)
+  published = paper_rows() if paper else {}
+  parts = []
+  for dataset, members in by_dataset.items():
+    rows = rows_from_runs(members, split)
+    add_delta_m(rows)
+    present = {t for r in rows for t in r.means}
+    if paper:
+      reference = published.get(dataset, [])
+      add_delta_m(reference, present)  # over the tasks of these runs, as theirs
+      merged = []
+      for row in rows:
+        merged.append(row)
+        merged += [p for p in reference if p.key == row.key]
+      rows = merged
+    columns = [(t.name, m) for t in tasks_lib.dataset_tasks(dataset, None,
+                                                            members[0].config.data.num_classes)
+               if t.name in present for m in metrics_lib.TASK_METRICS[t.name]]
+    parts.append(f"## {dataset} ({split} split, mean of the last {runlog.LAST_EPOCHS} epochs)\n\n"
+                 + table(rows, columns))
+  return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(prog="python -m mtan_jax.report",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("run_dirs", nargs="+")
+  parser.add_argument("--split", default="test", choices=("test", "validation", "train"))
+  parser.add_argument("--paper", action="store_true", help="the paper's numbers beside")
+  parser.add_argument("--output", default=None, help="also write the Markdown to this file")
+  args = parser.parse_args(argv)
+  text = report(args.run_dirs, args.split, args.paper)
+  print(text, end="")
+  if args.output:
+    pathlib.Path(args.output).write_text(text)
+  return text
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)

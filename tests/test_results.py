@@ -1,0 +1,149 @@
+"""Plots and the results table, on tiny runs made here (2 tasks, 32x32, 2 epochs of 1 step)."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from mtan_jax import plot
+from mtan_jax import report
+from mtan_jax import tasks as tasks_lib
+from mtan_jax import train
+from mtan_jax.config import TrainConfig
+from mtan_jax.data.pipeline import DataConfig
+
+TWO_TASKS = ("segmentation", "depth")
+
+
+def png_size(path):
+  """(width, height) from the PNG header."""
+  data = path.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n"
+  return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("runs")
+
+  def make(name, model, tasks, seed=0):
+    train.run(TrainConfig(model=model, tasks=tasks, weighting="equal", epochs=2, batch_size=2,
+                          lr=1e-3, devices=1, width_mult=1 / 16, seed=seed,
+                          workdir=str(root / name), progress=False, workers=1, steps_per_epoch=1,
+                          data=DataConfig(data_dir=str(root / "tfds"), resolution=(32, 32),
+                                          synthetic_size=(4, 2))))
+    return root / name
+
+  return {"mtan0": make("mtan0", "mtan", TWO_TASKS), "mtan1": make("mtan1", "mtan", TWO_TASKS, 1),
+          "seg": make("seg", "single", ("segmentation",)), "dep": make("dep", "single", ("depth",))}
+
+
+def records(path):
+  return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_draws_its_curves_and_the_command_draws_several_runs(runs, tmp_path, capsys):
+  # The end of training drew each run's curves: a panel per task metric (1 task x 2 metrics).
+  assert png_size(runs["seg"] / "curves.png") == (2 * 320, 1 * 240)
+  assert png_size(runs["mtan0"] / "curves.png") == (2 * 320, 2 * 240)
+  output = tmp_path / "all.png"
+  plot.main(["curves", str(runs["mtan0"]), str(runs["mtan1"]), str(runs["seg"]),
+             f"--output={output}"])
+  assert png_size(output) == (2 * 320, 2 * 240)
+  assert capsys.readouterr().out.strip() == str(output)
+  with pytest.raises(ValueError, match="no 'validation' metrics"):
+    plot.curves([runs["seg"]], tmp_path / "v.png", split="validation")
+
+
+def test_attention_and_predictions_figures(runs, tmp_path):
+  path = plot.main(["attention", str(runs["mtan0"]), "--image=1", "--channels=0,3"])
+  assert path == runs["mtan0"] / "attention_test_1.png"
+  assert png_size(path) == ((4 + 2) * 240, 2 * 180)  # a row per task
+  path = plot.main(["predictions", str(runs["mtan0"]), "--images=0,1",
+                    f"--output={tmp_path / 'p.png'}"])
+  assert png_size(path) == ((1 + 2 * 2) * 240, 2 * 180)  # image + (truth, prediction) per task
+  with pytest.raises(ValueError, match="has no attention masks"):
+    plot.attention(runs["seg"], 0, tmp_path / "a.png")
+  with pytest.raises(ValueError, match="image 2: the test split .* has 2 images"):
+    plot.predictions(runs["mtan0"], [2], tmp_path / "b.png")
+
+
+def test_colours_of_targets():
+  labels = np.array([[-1, 0], [12, 3]])
+  rgb = plot.colour_segmentation(labels, 13)
+  palette = plot.segmentation_colours(13)
+  np.testing.assert_array_equal(rgb[0, 0], 0)
+  np.testing.assert_allclose(rgb[1, 0], palette[12])
+  assert len({tuple(c) for c in palette}) == 13  # distinct colours
+  normals = plot.colour_normals(np.array([[[0, 0, 1], [0, 0, 0]]], np.float32))
+  np.testing.assert_allclose(normals, [[[0.5, 0.5, 1], [0, 0, 0]]])
+  depth = plot.colour_depth(np.array([[[0.0], [2.0], [6.0]]]), (2.0, 6.0))
+  viridis = plot._pyplot().get_cmap("viridis")  # pylint: disable=protected-access
+  np.testing.assert_allclose(depth[0], [[0, 0, 0], viridis(0.0)[:3], viridis(1.0)[:3]])
+
+
+def test_the_paper_tables_are_read_in_this_librarys_units():
+  rows = report.paper_rows()
+  assert [len(rows["nyuv2"]), len(rows["cityscapes"])] == [17, 17]
+  by_key = {r.key: r for r in rows["nyuv2"]}
+  assert by_key[("dense", "dwa")].means["depth"]["abs_error"] == 0.6059
+  assert by_key[("dense", "dwa")].params == 4.95  # carried down from the row above
+  assert by_key[("mtan", "equal")].means["normal"]["within_30"] == pytest.approx(0.5748)
+  assert by_key[("single", None)].means["segmentation"]["miou"] == pytest.approx(0.1510)
+  city = {r.key: r for r in rows["cityscapes"]}
+  assert city[("cross_stitch", "uncertainty")].means["segmentation"]["miou"] == pytest.approx(
+      0.5031)
+  assert city[("cross_stitch", "uncertainty")].params == 2.0  # "~2"
+
+
+def test_parameter_ratios_are_the_papers_hash_p():
+  nyu = tasks_lib.dataset_tasks("nyuv2")
+  assert report.parameter_ratio("mtan", nyu, 1.0) == pytest.approx(44_229_076 / 24_981_069)
+  assert report.parameter_ratio("single", nyu, 1.0) == pytest.approx(74_941_777 / 24_981_069)
+
+
+def test_the_report_table_holds_the_runs_numbers(runs):
+  text = report.main([str(p) for p in runs.values()] + ["--paper"])
+  lines = text.splitlines()
+  assert lines[0] == "## nyuv2 (test split, mean of the last 10 epochs)"
+  header = [c.strip() for c in lines[2].strip("|").split("|")]
+  assert header == ["#P", "Architecture", "Weighting", "runs", "segmentation mIoU ↑",
+                    "segmentation Pix Acc ↑", "depth Abs Err ↓", "depth Rel Err ↓", "Δm % ↑"]
+  table = {}
+  for line in lines[4:]:
+    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+    table[(cells[1], cells[2])] = cells
+  # Independently: the mean of each run's two epochs, then mean and sample std over the seeds.
+  last = lambda path, task, metric: np.mean(  # noqa: E731
+      [r["test"][task][metric] for r in records(path)])
+  mtan = {(t, m): [last(runs[k], t, m) for k in ("mtan0", "mtan1")]
+          for t, m in [("segmentation", "miou"), ("segmentation", "pixel_accuracy"),
+                       ("depth", "abs_error"), ("depth", "rel_error")]}
+  row = table[("MTAN", "Equal")]
+  assert row[3] == "2"
+  assert row[6] == f"{np.mean(mtan[('depth', 'abs_error')]):.4f} ± " \
+                   f"{np.std(mtan[('depth', 'abs_error')], ddof=1):.4f}"
+  assert row[4] == f"{100 * np.mean(mtan[('segmentation', 'miou')]):.2f} ± " \
+                   f"{100 * np.std(mtan[('segmentation', 'miou')], ddof=1):.2f}"
+  single = {("segmentation", "miou"): last(runs["seg"], "segmentation", "miou"),
+            ("segmentation", "pixel_accuracy"): last(runs["seg"], "segmentation",
+                                                     "pixel_accuracy"),
+            ("depth", "abs_error"): last(runs["dep"], "depth", "abs_error"),
+            ("depth", "rel_error"): last(runs["dep"], "depth", "rel_error")}
+  one_task = table[("One Task", "n.a.")]
+  assert one_task[6] == f"{single[('depth', 'abs_error')]:.4f}" and one_task[3] == "1"
+  signs = {"miou": 1, "pixel_accuracy": 1, "abs_error": -1, "rel_error": -1}
+  delta = 100 * np.mean([signs[m] * (np.mean(v) - single[(t, m)]) / single[(t, m)]
+                         for (t, m), v in mtan.items()])
+  assert row[-1] == f"{delta:+.2f}" and one_task[-1] == "+0.00"
+  # The best value of a column is bold: lower depth error wins.
+  best_abs = min(np.mean(mtan[("depth", "abs_error")]), single[("depth", "abs_error")])
+  bold = [line for line in lines if f"**{best_abs:.4f}" in line]
+  assert len(bold) == 1
+  # The paper's rows follow ours, with its Δm over the same two tasks.
+  assert table[("↳ paper", "Equal")][:2] == ["1.77", "↳ paper"]
+  assert table[("↳ paper", "Equal")][4:8] == ["17.72", "55.32", "0.5906", "0.2577"]
+  paper_delta = 100 * np.mean([(17.72 - 15.10) / 15.10, (55.32 - 51.54) / 51.54,
+                               -(0.5906 - 0.7508) / 0.7508, -(0.2577 - 0.3266) / 0.3266])
+  assert table[("↳ paper", "Equal")][-1] == f"{paper_delta:+.2f}"
