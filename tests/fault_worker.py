@@ -1,28 +1,27 @@
 """A training run for the fault tests, in its own process so that it can be killed for real:
 
-    python fault_worker.py MARKER [--hang_on_save=N] [--pause_at=EPOCH,STEP] FLAGS...
+    python fault_worker.py [--hang_on_save=N] [--pause_at=EPOCH,STEP] FLAGS...
 
 It runs `cli.main(FLAGS, "nyuv2")`, as experiments/nyuv2.py does (exit status 128 + signal after an
-interruption). Two hooks let the parent act at a known moment, each announced by the file MARKER:
+interruption). Two hooks let the parent act at a known moment; each announces itself with a line
+"FAULT_WORKER: ..." on stdout:
 - `--hang_on_save=N`: the N-th checkpoint save stops just before orbax commits it (its temporary
-  folder written, not yet renamed) and waits there, for the parent's SIGKILL.
-- `--pause_at=EPOCH,STEP`: the input pipeline waits before handing out that batch of the training
-  epoch until the parent deletes the marker (after sending its signal), so the signal arrives while
-  the step before it is in flight.
+  folder written, not yet renamed; the line gives its path) and waits there for the parent's kill.
+- `--pause_at=EPOCH,STEP`: the input pipeline stops before handing out that batch of the training
+  epoch and reads a line from stdin; the parent sends its signal, then that line, so the signal
+  arrives while the step before it is in flight.
 """
 
 import argparse
 import asyncio
 import pathlib
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("marker")
   parser.add_argument("--hang_on_save", type=int, default=0)
   parser.add_argument("--pause_at", default="")
   args, flags = parser.parse_known_args()
@@ -35,7 +34,9 @@ def main():
   from mtan_jax import cli  # pylint: disable=import-outside-toplevel
   from mtan_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
-  marker = pathlib.Path(args.marker)
+  def announce(text):
+    print(f"FAULT_WORKER: {text}", flush=True)
+
   if args.hang_on_save:
     commit = atomicity.AtomicRenameTemporaryPath.finalize
     saves = []
@@ -44,8 +45,8 @@ def main():
       if pathlib.Path(str(self.get())).parent.name == "checkpoints":  # a step, not one of its items
         saves.append(self)
       if len(saves) == args.hang_on_save and saves[-1] is self:
-        marker.write_text(str(self.get()))
-        await asyncio.sleep(3600)
+        announce(f"committing {self.get()}")
+        await asyncio.Event().wait()  # never set: the save stays uncommitted until the kill
       return await commit(self, *a, **k)
 
     atomicity.AtomicRenameTemporaryPath.finalize = hanging_commit
@@ -56,9 +57,8 @@ def main():
     def paused_epoch(self, epoch, start_step=0):
       for step, batch in enumerate(clean_epoch(self, epoch, start_step), start=start_step):
         if self.shuffle and (epoch, step) == (pause_epoch, pause_step):
-          marker.write_text("paused")
-          while marker.exists():
-            time.sleep(0.01)
+          announce("paused")
+          sys.stdin.readline()
         yield batch
 
     pipeline.Loader.epoch = paused_epoch

@@ -1,4 +1,5 @@
-"""Plots and the results table, on tiny runs made here (2 tasks, 32x32, 2 epochs of 1 step)."""
+"""Plots and the results table, on tiny runs made here (32x32, 2 epochs of 1 step): a two-task Split,
+single-task networks for both tasks (two seeds for segmentation) and a segmentation STAN."""
 
 import json
 import struct
@@ -35,8 +36,11 @@ def runs(tmp_path_factory):
                                           synthetic_size=(4, 2))))
     return root / name
 
-  return {"mtan0": make("mtan0", "mtan", TWO_TASKS), "mtan1": make("mtan1", "mtan", TWO_TASKS, 1),
-          "seg": make("seg", "single", ("segmentation",)), "dep": make("dep", "single", ("depth",))}
+  return {"split": make("split", "split_standard", TWO_TASKS),
+          "seg0": make("seg0", "single", ("segmentation",)),
+          "seg1": make("seg1", "single", ("segmentation",), seed=1),
+          "dep": make("dep", "single", ("depth",)),
+          "stan": make("stan", "stan", ("segmentation",))}
 
 
 def records(path):
@@ -45,28 +49,28 @@ def records(path):
 
 def test_training_draws_its_curves_and_the_command_draws_several_runs(runs, tmp_path, capsys):
   # The end of training drew each run's curves: a panel per task metric (1 task x 2 metrics).
-  assert png_size(runs["seg"] / "curves.png") == (2 * 320, 1 * 240)
-  assert png_size(runs["mtan0"] / "curves.png") == (2 * 320, 2 * 240)
+  assert png_size(runs["seg0"] / "curves.png") == (2 * 320, 1 * 240)
+  assert png_size(runs["split"] / "curves.png") == (2 * 320, 2 * 240)
   output = tmp_path / "all.png"
-  plot.main(["curves", str(runs["mtan0"]), str(runs["mtan1"]), str(runs["seg"]),
+  plot.main(["curves", str(runs["split"]), str(runs["seg0"]), str(runs["seg1"]),
              f"--output={output}"])
   assert png_size(output) == (2 * 320, 2 * 240)
   assert capsys.readouterr().out.strip() == str(output)
   with pytest.raises(ValueError, match="no 'validation' metrics"):
-    plot.curves([runs["seg"]], tmp_path / "v.png", split="validation")
+    plot.curves([runs["seg0"]], tmp_path / "v.png", split="validation")
 
 
 def test_attention_and_predictions_figures(runs, tmp_path):
-  path = plot.main(["attention", str(runs["mtan0"]), "--image=1", "--channels=0,3"])
-  assert path == runs["mtan0"] / "attention_test_1.png"
-  assert png_size(path) == ((4 + 2) * 240, 2 * 180)  # a row per task
-  path = plot.main(["predictions", str(runs["mtan0"]), "--images=0,1",
+  path = plot.main(["attention", str(runs["stan"]), "--image=1", "--channels=0,3"])
+  assert path == runs["stan"] / "attention_test_1.png"
+  assert png_size(path) == ((4 + 2) * 240, 1 * 180)  # a row per task
+  path = plot.main(["predictions", str(runs["split"]), "--images=0,1",
                     f"--output={tmp_path / 'p.png'}"])
   assert png_size(path) == ((1 + 2 * 2) * 240, 2 * 180)  # image + (truth, prediction) per task
   with pytest.raises(ValueError, match="has no attention masks"):
-    plot.attention(runs["seg"], 0, tmp_path / "a.png")
+    plot.attention(runs["seg0"], 0, tmp_path / "a.png")
   with pytest.raises(ValueError, match="image 2: the test split .* has 2 images"):
-    plot.predictions(runs["mtan0"], [2], tmp_path / "b.png")
+    plot.predictions(runs["split"], [2], tmp_path / "b.png")
 
 
 def test_colours_of_targets():
@@ -110,40 +114,34 @@ def test_the_report_table_holds_the_runs_numbers(runs):
   header = [c.strip() for c in lines[2].strip("|").split("|")]
   assert header == ["#P", "Architecture", "Weighting", "runs", "segmentation mIoU ↑",
                     "segmentation Pix Acc ↑", "depth Abs Err ↓", "depth Rel Err ↓", "Δm % ↑"]
-  table = {}
-  for line in lines[4:]:
-    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-    table[(cells[1], cells[2])] = cells
-  # Independently: the mean of each run's two epochs, then mean and sample std over the seeds.
-  last = lambda path, task, metric: np.mean(  # noqa: E731
-      [r["test"][task][metric] for r in records(path)])
-  mtan = {(t, m): [last(runs[k], t, m) for k in ("mtan0", "mtan1")]
-          for t, m in [("segmentation", "miou"), ("segmentation", "pixel_accuracy"),
-                       ("depth", "abs_error"), ("depth", "rel_error")]}
-  row = table[("MTAN", "Equal")]
-  assert row[3] == "2"
-  assert row[6] == f"{np.mean(mtan[('depth', 'abs_error')]):.4f} ± " \
-                   f"{np.std(mtan[('depth', 'abs_error')], ddof=1):.4f}"
-  assert row[4] == f"{100 * np.mean(mtan[('segmentation', 'miou')]):.2f} ± " \
-                   f"{100 * np.std(mtan[('segmentation', 'miou')], ddof=1):.2f}"
-  single = {("segmentation", "miou"): last(runs["seg"], "segmentation", "miou"),
-            ("segmentation", "pixel_accuracy"): last(runs["seg"], "segmentation",
-                                                     "pixel_accuracy"),
-            ("depth", "abs_error"): last(runs["dep"], "depth", "abs_error"),
-            ("depth", "rel_error"): last(runs["dep"], "depth", "rel_error")}
-  one_task = table[("One Task", "n.a.")]
-  assert one_task[6] == f"{single[('depth', 'abs_error')]:.4f}" and one_task[3] == "1"
+  rows = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in lines[4:]]
+  assert [r[1:3] for r in rows] == [["One Task", "n.a."], ["↳ paper", "n.a."], ["STAN", "n.a."],
+                                    ["↳ paper", "n.a."], ["Split, Standard", "Equal"]]
+  one_task, paper_one_task, stan, paper_stan, split = rows
+  # Independently: the mean of a run's two epochs; over seeds, their mean and sample std.
+  last = lambda run, task, metric: np.mean(  # noqa: E731
+      [r["test"][task][metric] for r in records(runs[run])])
+  miou = [last(k, "segmentation", "miou") for k in ("seg0", "seg1")]
+  assert one_task[4] == f"{100 * np.mean(miou):.2f} ± {100 * np.std(miou, ddof=1):.2f}"
+  assert one_task[6] == f"{last('dep', 'depth', 'abs_error'):.4f}"  # one run: no ±
+  assert one_task[3] == "1" and split[3] == "1"  # the fewest runs behind a task's columns
+  assert stan[6] == "—"  # no depth STAN was given
+  baseline = {("segmentation", "miou"): np.mean(miou),
+              ("segmentation", "pixel_accuracy"): np.mean(
+                  [last(k, "segmentation", "pixel_accuracy") for k in ("seg0", "seg1")]),
+              ("depth", "abs_error"): last("dep", "depth", "abs_error"),
+              ("depth", "rel_error"): last("dep", "depth", "rel_error")}
   signs = {"miou": 1, "pixel_accuracy": 1, "abs_error": -1, "rel_error": -1}
-  delta = 100 * np.mean([signs[m] * (np.mean(v) - single[(t, m)]) / single[(t, m)]
-                         for (t, m), v in mtan.items()])
-  assert row[-1] == f"{delta:+.2f}" and one_task[-1] == "+0.00"
+  delta = 100 * np.mean([signs[m] * (last("split", t, m) - base) / base
+                         for (t, m), base in baseline.items()])
+  assert split[-1] == f"{delta:+.2f}" and one_task[-1] == "+0.00"
   # The best value of a column is bold: lower depth error wins.
-  best_abs = min(np.mean(mtan[("depth", "abs_error")]), single[("depth", "abs_error")])
-  bold = [line for line in lines if f"**{best_abs:.4f}" in line]
-  assert len(bold) == 1
-  # The paper's rows follow ours, with its Δm over the same two tasks.
-  assert table[("↳ paper", "Equal")][:2] == ["1.77", "↳ paper"]
-  assert table[("↳ paper", "Equal")][4:8] == ["17.72", "55.32", "0.5906", "0.2577"]
-  paper_delta = 100 * np.mean([(17.72 - 15.10) / 15.10, (55.32 - 51.54) / 51.54,
-                               -(0.5906 - 0.7508) / 0.7508, -(0.2577 - 0.3266) / 0.3266])
-  assert table[("↳ paper", "Equal")][-1] == f"{paper_delta:+.2f}"
+  best_abs = min(last("split", "depth", "abs_error"), baseline[("depth", "abs_error")])
+  assert len([line for line in lines if f"**{best_abs:.4f}" in line]) == 1
+  # The paper's rows follow ours, its Δm against its own One Task over the same two tasks.
+  assert paper_one_task[0] == "3.00" and paper_one_task[4:8] == ["15.10", "51.54", "0.7508",
+                                                                 "0.3266"]
+  assert paper_stan[0] == "4.56" and paper_stan[4:8] == ["15.73", "52.89", "0.6935", "0.2891"]
+  paper_delta = 100 * np.mean([(15.73 - 15.10) / 15.10, (52.89 - 51.54) / 51.54,
+                               -(0.6935 - 0.7508) / 0.7508, -(0.2891 - 0.3266) / 0.3266])
+  assert paper_stan[-1] == f"{paper_delta:+.2f}"
