@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import json
 import os
@@ -38,10 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402  (benchmarks/train_step.py)
-from mtan_jax import tasks as tasks_lib  # noqa: E402
-from mtan_jax import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
-from mtan_jax.models import MODEL_NAMES, build_model  # noqa: E402
+from mtan_jax.models import MODEL_NAMES  # noqa: E402
 
 # Named scopes of the library, in the order they are looked for in an op's name (innermost first).
 SCOPES = ("max_pool_with_argmax", "max_unpool", "upsample_bilinear_x2", "optimizer",
@@ -87,19 +84,8 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
             weighting_name: str, steps: int, trace_dir: str) -> dict:
   """Traces `steps` train steps after a warm-up; returns ms per step by (phase, component) and the
   most expensive ops."""
-  tasks = tasks_lib.dataset_tasks(dataset)
-  tasks = tasks[:1] if model_name in ("single", "stan") else tasks
-  model = build_model(model_name, tasks, width_mult=width_mult, dtype=dtype,
-                      bn_axis_name=step_lib.AXIS)
-  weighting = weighting_lib.build(weighting_name, tasks)
-  optimizer = step_lib.make_optimizer(1e-4, 0)
-  device = jax.local_devices()[:1]
-  state = step_lib.replicate(step_lib.create_train_state(model, weighting, optimizer, resolution, 0),
-                             device, device)
-  data = jax.pmap(lambda x: x, devices=device)(bench.random_batch(tasks, batch, *resolution))
-  step = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
-                                    optimizer=optimizer, tasks=tasks, sync_batch_stats=False),
-                  axis_name=step_lib.AXIS, devices=device, donate_argnums=(0,))
+  step, state, data, device = bench.setup(model_name, dataset, "train", dtype, batch, resolution,
+                                          width_mult, weighting_name)
   compiled = step.lower(state, data).compile()
   names = op_names(compiled.as_text())
   for _ in range(2):
@@ -125,7 +111,7 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
   ms = lambda ns: round(ns / 1e6 / steps, 3)  # noqa: E731
   return {"model": model_name, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
-          "device": device[0].device_kind, "steps": steps, "op_ms_per_step": ms(total),
+          "device": device.device_kind, "steps": steps, "op_ms_per_step": ms(total),
           "groups": [{"phase": p, "component": c, "ms": ms(ns), "share": round(ns / total, 4)}
                      for (p, c), ns in by_group.most_common()],
           "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}

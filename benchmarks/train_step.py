@@ -69,10 +69,12 @@ def random_batch(tasks, batch: int, height: int, width: int, seed: int = 0) -> d
   return out
 
 
-def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
-            resolution: tuple[int, int], width_mult: float, weighting_name: str, steps: int,
-            warmup: int, state_cache: dict) -> dict:
-  """Compiles and times one configuration; returns its row."""
+def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
+          resolution: tuple[int, int], width_mult: float, weighting_name: str,
+          state_cache: dict | None = None):
+  """(pmapped step, its state, an on-device batch, the device) of one configuration, on one
+  device: `train_step.train_step` (state donated) for mode "train", else `eval_step`.
+  `state_cache` keeps the last initial state (it depends on neither the dtype nor the batch)."""
   tasks = tasks_lib.dataset_tasks(dataset)
   tasks = tasks[:1] if model_name in ("single", "stan") else tasks
   model = build_model(model_name, tasks, width_mult=width_mult, dtype=dtype,
@@ -80,8 +82,9 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   weighting = weighting_lib.build(weighting_name, tasks)
   optimizer = step_lib.make_optimizer(1e-4, 0)
   device = jax.local_devices()[:1]
+  state_cache = {} if state_cache is None else state_cache
   key = (model_name, dataset, width_mult, weighting_name, resolution)
-  if key not in state_cache:  # parameters do not depend on the dtype or the batch
+  if key not in state_cache:
     state_cache.clear()
     state_cache[key] = step_lib.create_train_state(model, weighting, optimizer, resolution, 0)
   state = step_lib.replicate(state_cache[key], device, device)
@@ -93,7 +96,15 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   else:
     step = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
                     axis_name=step_lib.AXIS, devices=device)
+  return step, state, data, device[0]
 
+
+def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
+            resolution: tuple[int, int], width_mult: float, weighting_name: str, steps: int,
+            warmup: int, state_cache: dict) -> dict:
+  """Compiles and times one configuration; returns its row."""
+  step, state, data, device = setup(model_name, dataset, mode, dtype, batch, resolution,
+                                    width_mult, weighting_name, state_cache)
   started = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - started
@@ -126,11 +137,11 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   usage = compiled.memory_analysis()
   program = None if usage is None else (usage.argument_size_in_bytes + usage.output_size_in_bytes
                                         + usage.temp_size_in_bytes - usage.alias_size_in_bytes)
-  stats = device[0].memory_stats() or {}
+  stats = device.memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return {"model": model_name, "dataset": dataset, "mode": mode, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
-          "weighting": weighting_name, "device": device[0].device_kind,
+          "weighting": weighting_name, "device": device.device_kind,
           "compile_s": round(compile_s, 2), "step_ms": round(median * 1e3, 3),
           "step_ms_min": round(min(times) * 1e3, 3), "steps": steps,
           "images_per_s": round(batch / median, 2),
