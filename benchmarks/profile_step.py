@@ -81,14 +81,14 @@ def classify(op_name: str) -> tuple[str, str]:
 
 
 def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, width_mult: float,
-            weighting_name: str, steps: int, trace_dir: str) -> dict:
+            weighting_name: str, steps: int, trace_dir: str, warmup: int = 2) -> dict:
   """Traces `steps` train steps after a warm-up; returns ms per step by (phase, component) and the
   most expensive ops."""
   step, state, data, device = bench.setup(model_name, dataset, "train", dtype, batch, resolution,
                                           width_mult, weighting_name)
   compiled = step.lower(state, data).compile()
   names = op_names(compiled.as_text())
-  for _ in range(2):
+  for _ in range(max(warmup, 1)):
     state, outputs = compiled(state, data)
   jax.block_until_ready((state, outputs))
   with jax.profiler.trace(trace_dir):
@@ -149,12 +149,14 @@ def main(argv=None) -> dict:
   parser.add_argument("--width_mult", type=float, default=1.0)
   parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)
   parser.add_argument("--steps", type=int, default=5, help="traced steps")
+  parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
   parser.add_argument("--trace_dir", default=None, help="keep the trace here (default: temporary)")
   args = parser.parse_args(argv)
   resolution = args.resolution or ((288, 384) if args.dataset == "nyuv2" else (128, 256))
   with tempfile.TemporaryDirectory() as tmp:
     result = profile(args.model, args.dataset, args.dtype, args.batch, resolution,
-                     args.width_mult, args.weighting, args.steps, args.trace_dir or tmp)
+                     args.width_mult, args.weighting, args.steps, args.trace_dir or tmp,
+                     args.warmup)
   print(json.dumps(result), flush=True)
   print(report(result), flush=True)
   return result
