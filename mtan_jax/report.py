@@ -45,7 +45,7 @@ HEADERS = {"miou": "mIoU", "pixel_accuracy": "Pix Acc", "abs_error": "Abs Err",
 # Fields of a run's config that do not change what it measures: runs differing only in these are
 # repeats of one configuration.
 NOT_IDENTITY = {"seed", "workdir", "resume", "overwrite", "progress", "workers", "devices",
-                "multihost", "keep_checkpoints", "eval_batch_size"}
+                "multihost", "keep_checkpoints", "eval_batch_size", "max_skipped_steps"}
 
 
 @dataclasses.dataclass
@@ -114,8 +114,12 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
 
 # --- Rows from runs ----------------------------------------------------------------------------
 
-def _identity(run: runs_lib.Run) -> str:
-  values = {k: v for k, v in run.config.to_dict().items() if k not in NOT_IDENTITY}
+def _identity(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> str:
+  """What a run measures, as a comparable string: its config without `NOT_IDENTITY`, `ignore` and
+  where its built dataset is kept."""
+  values = {k: v for k, v in run.config.to_dict().items()
+            if k not in NOT_IDENTITY and k not in ignore}
+  values["data"] = {k: v for k, v in values["data"].items() if k != "data_dir"}
   return repr(sorted(values.items()))
 
 
@@ -149,7 +153,8 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
     results.append(result)
   groups: dict[str, list[int]] = {}
   for i, run in enumerate(runs):
-    key = run.config.model if run.config.model in SINGLE_TASK else _identity(run)
+    # Single-task runs of one configuration join into one row whatever task each trained.
+    key = _identity(run, ("tasks",)) if run.config.model in SINGLE_TASK else _identity(run)
     groups.setdefault(key, []).append(i)
   dataset_tasks = tasks_lib.dataset_tasks(runs[0].config.dataset, None,
                                           runs[0].config.data.num_classes)

@@ -145,3 +145,25 @@ def test_the_report_table_holds_the_runs_numbers(runs):
   paper_delta = 100 * np.mean([(15.73 - 15.10) / 15.10, (52.89 - 51.54) / 51.54,
                                -(0.6935 - 0.7508) / 0.7508, -(0.2891 - 0.3266) / 0.3266])
   assert paper_stan[-1] == f"{paper_delta:+.2f}"
+
+
+def test_runs_are_grouped_by_what_they_measure():
+  """Seeds and dataset folders do not split a row; another learning rate or width does."""
+  from mtan_jax.runs import Run  # pylint: disable=import-outside-toplevel
+
+  def run(model, tasks, miou, seed=0, lr=1e-4, width=1 / 16, data_dir="/a"):
+    config = TrainConfig(model=model, tasks=tasks, seed=seed, lr=lr, width_mult=width,
+                         data=DataConfig(data_dir=data_dir))
+    metrics = {t: {"miou": miou} if t == "segmentation" else {"abs_error": 0.5} for t in tasks}
+    return Run(None, config, [{"epoch": 0, "test": metrics}])
+
+  rows = report.rows_from_runs([
+      run("split_standard", TWO_TASKS, 0.2), run("split_standard", TWO_TASKS, 0.4, seed=1,
+                                                 data_dir="/b"),
+      run("split_standard", TWO_TASKS, 0.9, lr=1e-3),
+      run("single", ("segmentation",), 0.1), run("single", ("depth",), 0.0, seed=3),
+      run("single", ("segmentation",), 0.3, width=1 / 8)])
+  summary = sorted((r.model, r.runs, round(r.means["segmentation"]["miou"], 6),
+                    "depth" in r.means) for r in rows if "segmentation" in r.means)
+  assert summary == [("single", 1, 0.1, True), ("single", 1, 0.3, False),
+                     ("split_standard", 1, 0.9, True), ("split_standard", 2, 0.3, True)]
