@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402  (benchmarks/train_step.py)
+from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
 from mtan_jax.models import MODEL_NAMES  # noqa: E402
 
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
   parser.add_argument("--trace_dir", default=None, help="keep the trace here (default: temporary)")
   args = parser.parse_args(argv)
-  resolution = args.resolution or ((288, 384) if args.dataset == "nyuv2" else (128, 256))
+  resolution = args.resolution or tasks_lib.DEFAULT_RESOLUTION[args.dataset]
   with tempfile.TemporaryDirectory() as tmp:
     result = profile(args.model, args.dataset, args.dtype, args.batch, resolution,
                      args.width_mult, args.weighting, args.steps, args.trace_dir or tmp,

@@ -130,7 +130,7 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
   reference = REFERENCE_FORWARD_GFLOP.get((dataset, model_name))
-  full_size = width_mult == 1.0 and tuple(resolution) == (288, 384)
+  full_size = width_mult == 1.0 and tuple(resolution) == tasks_lib.DEFAULT_RESOLUTION["nyuv2"]
   ref_tflops = None
   if reference is not None and full_size:
     ref_tflops = reference * 1e9 * (3 if mode == "train" else 1) * batch / median / 1e12
@@ -182,7 +182,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--json", default=None, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
-  resolution = args.resolution or ((288, 384) if args.dataset == "nyuv2" else (128, 256))
+  resolution = args.resolution or tasks_lib.DEFAULT_RESOLUTION[args.dataset]
   modes = ("train", "eval") if args.mode == "both" else (args.mode,)
   rows, cache = [], {}
   for mode in modes:

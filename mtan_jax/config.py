@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mtan_jax import tasks as tasks_lib
 from mtan_jax.data.pipeline import DataConfig
 
 
@@ -41,6 +42,11 @@ class TrainConfig:
   devices: int = 0  # local devices to use (0: all of them)
   multihost: bool = False  # call jax.distributed.initialize() first
   progress: bool = True  # a progress bar per epoch
+
+  @property
+  def resolution(self) -> tuple[int, int]:
+    """The image size (height, width): the data's, or the dataset's release default."""
+    return tuple(self.data.resolution or tasks_lib.DEFAULT_RESOLUTION[self.dataset])
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

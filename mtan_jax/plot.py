@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -251,8 +250,4 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  runs_lib.run_command(main)

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import pathlib
 import re
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -290,8 +289,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  runs_lib.run_command(main)

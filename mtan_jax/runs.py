@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -43,6 +44,16 @@ class Run:
     return f"{self.config.model} / {self.config.weighting}"
 
 
+def run_command(main) -> None:
+  """Runs a command's `main()`; a missing or unreadable run folder (FileNotFoundError, ValueError)
+  is said in one line on stderr, exit status 1, instead of a traceback."""
+  try:
+    main()
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
 def load_run(path) -> Run:
   """The run in folder `path`; an error names what is missing."""
   path = pathlib.Path(path)
@@ -69,9 +80,8 @@ def restore_model(run: Run):
   model = build_model(config.model, run.tasks, width_mult=config.width_mult, dtype=config.dtype)
   weighting = weighting_lib.build(config.weighting, run.tasks, temperature=config.temperature)
   optimizer = step_lib.make_optimizer(config.lr, max(config.lr_halve_epoch, 1))
-  resolution = config.data.resolution or ((288, 384) if config.dataset == "nyuv2" else (128, 256))
   abstract = jax.eval_shape(lambda: step_lib.create_train_state(
-      model, weighting, optimizer, tuple(resolution), config.seed))
+      model, weighting, optimizer, config.resolution, config.seed))
   checkpoints = checkpoint_lib.Checkpointer(run.path / "checkpoints", read_only=True)
   try:
     latest = checkpoints.latest()

@@ -17,6 +17,8 @@ TASK_NAMES = (SEGMENTATION, DEPTH, NORMAL)
 NYUV2 = "nyuv2"
 CITYSCAPES = "cityscapes"
 DATASETS = (NYUV2, CITYSCAPES)
+# The image size (height, width) of each dataset's MTAN release, used wherever none is given.
+DEFAULT_RESOLUTION = {NYUV2: (288, 384), CITYSCAPES: (128, 256)}
 
 
 @dataclasses.dataclass(frozen=True)

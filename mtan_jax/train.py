@@ -108,9 +108,9 @@ class MemoryCheckedStep:
   compiled program (arguments + outputs + temporaries, per device) exceeds what the device can
   allocate, with `advice` instead of an allocator trace at the first step.
 
-  In a multi-process run the step is called as it is (a program lowered from one process's local
-  arguments cannot be called with them); an allocation failure there still becomes a RunError with
-  the advice, through `explain_out_of_memory`."""
+  An allocation failure while compiling or running is turned into advice by `run`'s handler of
+  `explain_out_of_memory`, around the whole loop. In a multi-process run the step is called as it is
+  (a program lowered from one process's local arguments cannot be called with them)."""
 
   def __init__(self, step, what: str, advice: str, device):
     self.step, self.what, self.advice, self.device = step, what, advice, device
@@ -118,13 +118,7 @@ class MemoryCheckedStep:
 
   def __call__(self, *args):
     if self.compiled is None:
-      try:
-        compiled = self.step.lower(*args).compile()
-      except jax.errors.JaxRuntimeError as error:
-        explained = explain_out_of_memory(error, f"compiling the {self.what}", self.advice)
-        if explained is None:
-          raise
-        raise explained from error
+      compiled = self.step.lower(*args).compile()
       limit = device_memory_limit(self.device)
       usage = compiled.memory_analysis()
       if limit is not None and usage is not None:
@@ -169,12 +163,6 @@ def clear_run_folder(workdir: pathlib.Path) -> None:
 def _host(tree):
   """The first device's copy of a replicated pytree, as numpy."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
-
-
-def _resolution(config: TrainConfig) -> tuple[int, int]:
-  if config.data.resolution is not None:
-    return tuple(config.data.resolution)
-  return (288, 384) if config.dataset == "nyuv2" else (128, 256)
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
@@ -249,7 +237,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   optimizer = step_lib.make_optimizer(config.lr, halve_steps)
 
   # State: fresh, or the latest checkpoint.
-  state = step_lib.create_train_state(model, weighting, optimizer, _resolution(config),
+  state = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
                                       config.seed)
   if latest is not None:
     state = checkpoints.restore(latest, state)
@@ -344,7 +332,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             f"{signal.Signals(stop.signal_number).name}: stopped after epoch {epoch}; saved in "
             f"{checkpoints.directory}. Continue with the same command and --resume "
             f"(--workdir={workdir}).", stop.signal_number)
-  except jax.errors.JaxRuntimeError as error:  # an allocation failed after the first step
+  except jax.errors.JaxRuntimeError as error:  # an allocation failed (compiling or running)
     explained = explain_out_of_memory(error, f"epoch {epoch}", train.advice)
     if explained is None:
       raise

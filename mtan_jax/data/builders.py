@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
 
@@ -166,7 +167,7 @@ def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | Non
   """
   if dataset not in release.LAYOUTS:
     raise ValueError(f"dataset: expected one of {tuple(release.LAYOUTS)}, found {dataset!r}")
-  height, width = resolution or ((288, 384) if dataset == "nyuv2" else (128, 256))
+  height, width = resolution or tasks_lib.DEFAULT_RESOLUTION[dataset]
   if release_dir is None:
     config = synthetic_config("indoor" if dataset == "nyuv2" else "street", height, width,
                               *synthetic_size, seed=seed)
