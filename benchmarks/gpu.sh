@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared accelerator run of issue 6, in two parts that each fit one 10-minute device call.
 #
-#   bash benchmarks/gpu.sh 1 OUT_DIR   # MTAN train step: float32 / bfloat16 at batch 8 and 16
+#   bash benchmarks/gpu.sh 1 OUT_DIR   # MTAN train step: float32 / bfloat16 at batch 8 (with and
+#                                      # without rematerialisation) and 16
 #   bash benchmarks/gpu.sh 2 OUT_DIR   # MTAN eval step, split / dense / cross-stitch, two profiles
 #   bash benchmarks/gpu.sh 2 OUT_DIR --resolution=32x32 --width_mult=0.0625   # a dry run on a CPU
 #
@@ -17,7 +18,9 @@ cd "$(dirname "$0")/.."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # peak_gib then reports what the step itself needs
 python -c "import jax; print(jax.__version__, jax.devices())"
 if [ "$part" = 1 ]; then
-  python benchmarks/train_step.py --model=mtan --batch_sizes=8,16 --dtypes=float32,bfloat16 \
+  python benchmarks/train_step.py --model=mtan --batch_sizes=8 --dtypes=float32,bfloat16 \
+    --remat=both --steps=20 --warmup=3 --json="$out/train_step.jsonl" "$@"
+  python benchmarks/train_step.py --model=mtan --batch_sizes=16 --dtypes=float32,bfloat16 \
     --steps=20 --warmup=3 --json="$out/train_step.jsonl" "$@"
 else
   python benchmarks/train_step.py --model=mtan --mode=eval --batch_sizes=8 \

@@ -3,12 +3,14 @@
   python benchmarks/train_step.py                                   # MTAN, NYUv2 288x384, b 8 and 16
   python benchmarks/train_step.py --model=split_standard --batch_sizes=2 --dtypes=float32
   python benchmarks/train_step.py --mode=eval                       # the evaluation step instead
+  python benchmarks/train_step.py --remat=both --batch_sizes=8      # with and without remat
   python benchmarks/train_step.py --resolution=64x96 --width_mult=0.125 --batch_sizes=2 --steps=5
                                                                     # a quick CPU check
 
 What is timed is exactly what training runs each step (`train_step.train_step` under `jax.pmap`
 on one device, state donated): forward, the task losses, the weighting, backward, the Adam update,
-the non-finite check and the metric sums. Batches are random but valid (labels with -1 gaps, depth
+the non-finite check and the metric sums; with rematerialisation (training's `--remat`) or
+without. Batches are random but valid (labels with -1 gaps, depth
 and normals zero where invalid) and stay on the device, so the input pipeline is not measured here
 (benchmarks/input_pipeline.py does that).
 
@@ -71,7 +73,7 @@ def random_batch(tasks, batch: int, height: int, width: int, seed: int = 0) -> d
 
 def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
           resolution: tuple[int, int], width_mult: float, weighting_name: str,
-          state_cache: dict | None = None):
+          state_cache: dict | None = None, remat: bool = False):
   """(pmapped step, its state, an on-device batch, the device) of one configuration, on one
   device: `train_step.train_step` (state donated) for mode "train", else `eval_step`.
   `state_cache` keeps the last initial state (it depends on neither the dtype nor the batch)."""
@@ -91,7 +93,8 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   data = jax.pmap(lambda x: x, devices=device)(random_batch(tasks, batch, *resolution))  # on device
   if mode == "train":
     step = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
-                                      optimizer=optimizer, tasks=tasks, sync_batch_stats=False),
+                                      optimizer=optimizer, tasks=tasks, sync_batch_stats=False,
+                                      remat=remat),
                     axis_name=step_lib.AXIS, devices=device, donate_argnums=(0,))
   else:
     step = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
@@ -101,10 +104,10 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
 
 def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
             resolution: tuple[int, int], width_mult: float, weighting_name: str, steps: int,
-            warmup: int, state_cache: dict) -> dict:
+            warmup: int, state_cache: dict, remat: bool = False) -> dict:
   """Compiles and times one configuration; returns its row."""
   step, state, data, device = setup(model_name, dataset, mode, dtype, batch, resolution,
-                                    width_mult, weighting_name, state_cache)
+                                    width_mult, weighting_name, state_cache, remat)
   started = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - started
@@ -141,7 +144,8 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   peak = stats.get("peak_bytes_in_use")
   return {"model": model_name, "dataset": dataset, "mode": mode, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
-          "weighting": weighting_name, "device": device.device_kind,
+          "weighting": weighting_name, "remat": remat and mode == "train",
+          "device": device.device_kind,
           "compile_s": round(compile_s, 2), "step_ms": round(median * 1e3, 3),
           "step_ms_min": round(min(times) * 1e3, 3), "steps": steps,
           "images_per_s": round(batch / median, 2),
@@ -152,7 +156,7 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
           "peak_gib": None if peak is None else round(peak / 2**30, 3)}
 
 
-COLUMNS = ("model", "mode", "dtype", "batch", "resolution", "compile_s", "step_ms", "images_per_s",
+COLUMNS = ("model", "mode", "dtype", "batch", "remat", "resolution", "compile_s", "step_ms", "images_per_s",
            "tflops", "ref_tflops", "program_gib", "peak_gib")
 
 
@@ -178,6 +182,9 @@ def main(argv=None) -> list[dict]:
                       help="HEIGHTxWIDTH (default 288x384 NYUv2, 128x256 CityScapes)")
   parser.add_argument("--width_mult", type=float, default=1.0)
   parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)
+  parser.add_argument("--remat", default="false", choices=("true", "false", "both"),
+                      help="recompute all but conv outputs in the backward pass (training's "
+                      "--remat); both: measure each")
   parser.add_argument("--steps", type=int, default=30, help="timed steps")
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--json", default=None, help="also append the JSON lines to this file")
@@ -185,16 +192,18 @@ def main(argv=None) -> list[dict]:
   resolution = args.resolution or tasks_lib.DEFAULT_RESOLUTION[args.dataset]
   modes = ("train", "eval") if args.mode == "both" else (args.mode,)
   rows, cache = [], {}
+  remats = {"true": (True,), "false": (False,), "both": (False, True)}[args.remat]
   for mode in modes:
     for dtype in args.dtypes.split(","):
       for batch in sorted(int(b) for b in args.batch_sizes.split(",")):
-        row = measure(args.model, args.dataset, mode, dtype, batch, resolution, args.width_mult,
-                      args.weighting, args.steps, args.warmup, cache)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-          with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        for remat in remats if mode == "train" else (False,):
+          row = measure(args.model, args.dataset, mode, dtype, batch, resolution, args.width_mult,
+                        args.weighting, args.steps, args.warmup, cache, remat)
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+          if args.json:
+            with open(args.json, "a") as f:
+              f.write(json.dumps(row) + "\n")
   print(table(rows), flush=True)
   return rows
 

@@ -72,6 +72,9 @@ def parser(dataset: str) -> argparse.ArgumentParser:
        help="delete the run already in --workdir and start afresh")
   flag("augment", type=_bool, nargs="?", const=True, help="random scale-crop and flip")
   flag("dtype", choices=("float32", "bfloat16"), help="compute dtype")
+  flag("remat", type=_bool, nargs="?", const=True,
+       help="recompute all but convolution outputs in the backward pass: about half "
+       "the memory, for large batches")
   flag("width_mult", type=float, help="network width multiplier")
   flag("steps_per_epoch", type=int, help="0: full epochs")
   flag("metrics", choices=metrics_lib.MODES, help="exact split sums or the reference's averages")

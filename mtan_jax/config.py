@@ -19,6 +19,7 @@ class TrainConfig:
   model: str = "mtan"  # a name of mtan_jax.models.MODEL_NAMES
   width_mult: float = 1.0  # stage-width multiplier (1: the paper's networks)
   dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+  remat: bool = False  # recompute all but conv outputs in the backward pass (half the memory)
   weighting: str = "equal"  # a name of mtan_jax.weighting.NAMES
   temperature: float = 2.0  # DWA's temperature T
   # How.

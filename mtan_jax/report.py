@@ -44,7 +44,7 @@ HEADERS = {"miou": "mIoU", "pixel_accuracy": "Pix Acc", "abs_error": "Abs Err",
 # Fields of a run's config that do not change what it measures: runs differing only in these are
 # repeats of one configuration.
 NOT_IDENTITY = {"seed", "workdir", "resume", "overwrite", "progress", "workers", "devices",
-                "multihost", "keep_checkpoints", "eval_batch_size", "max_skipped_steps"}
+                "multihost", "keep_checkpoints", "eval_batch_size", "max_skipped_steps", "remat"}
 
 
 @dataclasses.dataclass

@@ -85,6 +85,8 @@ def device_memory_limit(device) -> int | None:
 def memory_advice(config: TrainConfig, batch_flag: str, batch: int, devices: int) -> str:
   """What to change when a step does not fit the device's memory."""
   tips = [f"a smaller --{batch_flag} (now {batch}: {batch // devices} per device)"]
+  if not config.remat and batch_flag == "batch_size":
+    tips.append("--remat (recomputes all but convolution outputs: about half the memory)")
   if config.dtype == "float32":
     tips.append("--dtype=bfloat16 (bfloat16 compute, float32 parameters: about half the "
                 "activation memory)")
@@ -248,7 +250,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
   train = MemoryCheckedStep(jax.pmap(functools.partial(
       step_lib.train_step, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
-      sync_batch_stats=config.bn_statistics == "device"),
+      sync_batch_stats=config.bn_statistics == "device", remat=config.remat),
       axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,)),
       "train step", memory_advice(config, "batch_size", config.batch_size, global_devices),
       devices[0])

@@ -31,9 +31,9 @@ def test_input_pipeline_benchmark_prints_json_lines_and_a_table(tmp_path, capsys
 def test_train_step_benchmark_times_the_train_and_eval_steps(capsys):
   rows = load("train_step").main(["--model=split_standard", "--resolution=32x32",
                                   "--width_mult=0.0625", "--batch_sizes=2", "--mode=both",
-                                  "--dtypes=float32", "--steps=2", "--warmup=1"])
-  assert [(r["mode"], r["dtype"], r["batch"]) for r in rows] == [("train", "float32", 2),
-                                                                 ("eval", "float32", 2)]
+                                  "--dtypes=float32", "--steps=2", "--warmup=1", "--remat=true"])
+  assert [(r["mode"], r["dtype"], r["batch"], r["remat"]) for r in rows] == [
+      ("train", "float32", 2, True), ("eval", "float32", 2, False)]
   for row in rows:
     assert row["step_ms"] > 0 and row["compile_s"] > 0 and row["program_gib"] > 0
     assert row["images_per_s"] == pytest.approx(row["batch"] / (row["step_ms"] / 1e3), rel=1e-2)

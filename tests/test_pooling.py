@@ -142,6 +142,23 @@ def test_upsample_bilinear_x2_align_corners_matches_numpy(shape):
                              rtol=1e-6)
 
 
+def test_upsample_gradient_is_the_transposed_interpolation():
+  """The backward pass sends each output's gradient to its two source pixels with their weights:
+  the vector-Jacobian product equals the transpose of the numpy interpolation, built column by
+  column from unit inputs."""
+  shape = (1, 3, 4, 2)
+  upstream = np.random.default_rng(1).normal(size=(1, 6, 8, 2))
+  _, vjp = jax.vjp(pooling.upsample_bilinear_x2, jnp.zeros(shape, jnp.float32))
+  (grad,) = vjp(jnp.asarray(upstream, jnp.float32))
+  expected = np.zeros(shape)
+  for idx in np.ndindex(*shape):
+    unit = np.zeros(shape)
+    unit[idx] = 1.0
+    expected[idx] = np.sum(numpy_bilinear_align_corners(unit, 6, 8) * upstream)
+  chex.assert_shape(grad, shape)
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_upsample_differs_from_half_pixel_resize():
   x = jnp.asarray(np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1))
   ours = pooling.upsample_bilinear_x2(x)
