@@ -32,5 +32,7 @@ else
   python benchmarks/profile_step.py --batch=8 --dtype=float32 --steps=5 "$@" > "$out/profile_f32.txt"
   python benchmarks/profile_step.py --batch=16 --dtype=bfloat16 --steps=5 "$@" \
     > "$out/profile_bf16.txt"
+  python benchmarks/profile_step.py --batch=8 --dtype=float32 --remat --steps=5 "$@" \
+    > "$out/profile_f32_remat.txt"
   tail -n +2 "$out"/profile_*.txt
 fi

@@ -9,8 +9,8 @@ the device's XLA ops; CPU: XLA's thunks on the worker threads) is matched by its
 name to the compiled program, whose metadata says which JAX operation and module it came from.
 Events are then grouped by
 
-  phase      forward, backward (the transpose of the forward), update (optimizer, skip check,
-             metric sums) and other
+  phase      forward, backward (the transpose of the forward), recompute (forward work redone in
+             the backward pass, with --remat), update (optimizer, skip check, metric sums), other
   component  convolution, batchnorm, attention (MTAN's masks and attention blocks, convolutions
              excluded), max_pool, max_unpool, upsample (bilinear x2), losses, metrics, optimizer,
              skip_non_finite, other (elementwise work not inside one of these)
@@ -61,7 +61,9 @@ def op_names(hlo_text: str) -> dict[str, str]:
 def classify(op_name: str) -> tuple[str, str]:
   """(phase, component) of one op from its JAX op name, e.g.
   'jit(_fun)/transpose(jvp(MTAN))/depth_encoder_mask_1/conv_g/conv_general_dilated'."""
-  if "transpose(" in op_name:
+  if "rematted_computation" in op_name:  # forward work redone in the backward pass (--remat)
+    phase = "recompute"
+  elif "transpose(" in op_name:
     phase = "backward"
   elif "jvp(" in op_name:
     phase = "forward"
@@ -82,11 +84,12 @@ def classify(op_name: str) -> tuple[str, str]:
 
 
 def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, width_mult: float,
-            weighting_name: str, steps: int, trace_dir: str, warmup: int = 2) -> dict:
+            weighting_name: str, steps: int, trace_dir: str, warmup: int = 2,
+            remat: bool = False) -> dict:
   """Traces `steps` train steps after a warm-up; returns ms per step by (phase, component) and the
   most expensive ops."""
   step, state, data, device = bench.setup(model_name, dataset, "train", dtype, batch, resolution,
-                                          width_mult, weighting_name)
+                                          width_mult, weighting_name, remat=remat)
   compiled = step.lower(state, data).compile()
   names = op_names(compiled.as_text())
   for _ in range(max(warmup, 1)):
@@ -112,7 +115,7 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
   ms = lambda ns: round(ns / 1e6 / steps, 3)  # noqa: E731
   return {"model": model_name, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
-          "device": device.device_kind, "steps": steps, "op_ms_per_step": ms(total),
+          "remat": remat, "device": device.device_kind, "steps": steps, "op_ms_per_step": ms(total),
           "groups": [{"phase": p, "component": c, "ms": ms(ns), "share": round(ns / total, 4)}
                      for (p, c), ns in by_group.most_common()],
           "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}
@@ -121,14 +124,15 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
 
 def report(result: dict) -> str:
   """Tables: component x phase, then the most expensive ops."""
-  phases = ("forward", "backward", "update", "other")
+  phases = ("forward", "backward", "recompute", "update", "other")
   cells = collections.defaultdict(float)
   for g in result["groups"]:
     cells[(g["component"], g["phase"])] += g["ms"]
   components = sorted({c for c, _ in cells}, key=lambda c: -sum(cells[(c, p)] for p in phases))
   total = result["op_ms_per_step"]
-  lines = [f"{result['model']} {result['dtype']} batch {result['batch']} {result['resolution']} "
-           f"on {result['device']}: {total:.2f} ms of op time per step",
+  lines = [f"{result['model']} {result['dtype']} batch {result['batch']} {result['resolution']}"
+           f"{' remat' if result.get('remat') else ''} on {result['device']}: {total:.2f} ms of op "
+           "time per step",
            f"{'component':<16}" + "".join(f"{p:>11}" for p in phases) + f"{'total':>11}{'share':>8}"]
   for c in components:
     row = sum(cells[(c, p)] for p in phases)
@@ -149,6 +153,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--resolution", type=bench.parse_resolution, default=None)
   parser.add_argument("--width_mult", type=float, default=1.0)
   parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)
+  parser.add_argument("--remat", action="store_true", help="profile training's --remat step")
   parser.add_argument("--steps", type=int, default=5, help="traced steps")
   parser.add_argument("--warmup", type=int, default=2, help="untraced steps first")
   parser.add_argument("--trace_dir", default=None, help="keep the trace here (default: temporary)")
@@ -157,7 +162,7 @@ def main(argv=None) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     result = profile(args.model, args.dataset, args.dtype, args.batch, resolution,
                      args.width_mult, args.weighting, args.steps, args.trace_dir or tmp,
-                     args.warmup)
+                     args.warmup, args.remat)
   print(json.dumps(result), flush=True)
   print(report(result), flush=True)
   return result

@@ -65,6 +65,8 @@ def test_profile_groups_ops_by_phase_and_component():
       "jit(_fun)/jvp(MTAN)/backbone/decoder_2/max_unpool/select_n": ("forward", "max_unpool"),
       "jit(_fun)/transpose(jvp(MTAN))/backbone/encoder_0/max_pool_with_argmax/eq":
           ("backward", "max_pool"),
+      "jit(_fun)/transpose(jvp(jvp()))/checkpoint/rematted_computation/MTAN/backbone/encoder_0/"
+      "block_1/bn/add": ("recompute", "batchnorm"),
       "jit(_fun)/optimizer/mul": ("update", "optimizer"),
       "jit(_fun)/metrics/acos": ("update", "metrics"),
       "jit(_fun)/jvp(losses)/log": ("forward", "losses"),
@@ -81,10 +83,10 @@ def test_profile_groups_ops_by_phase_and_component():
 
 def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
   result = load("profile_step").main(["--model=split_standard", "--resolution=32x32",
-                                      "--width_mult=0.0625", "--batch=2", "--steps=2"])
+                                      "--width_mult=0.0625", "--batch=2", "--steps=2", "--remat"])
   groups = {(g["phase"], g["component"]): g for g in result["groups"]}
-  assert {("forward", "convolution"), ("backward", "convolution"),
-          ("forward", "batchnorm")} <= set(groups)
+  assert {("forward", "convolution"), ("backward", "convolution"), ("forward", "batchnorm"),
+          ("recompute", "batchnorm")} <= set(groups)
   assert sum(g["share"] for g in result["groups"]) == pytest.approx(1, abs=1e-3)
   assert sum(g["ms"] for g in result["groups"]) == pytest.approx(result["op_ms_per_step"],
                                                                   rel=1e-2)
