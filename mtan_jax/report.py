@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 import pathlib
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -60,6 +60,7 @@ class Row:
   paper: bool = False
   delta: float | None = None
   temperature: float = 2.0  # DWA's, for the weighting's label
+  setting: str = ""  # how its runs differ from other rows of the same label, e.g. "dtype=bfloat16"
 
   @property
   def key(self) -> tuple[str, str | None]:
@@ -113,13 +114,35 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
 
 # --- Rows from runs ----------------------------------------------------------------------------
 
-def _identity(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> str:
-  """What a run measures, as a comparable string: its config without `NOT_IDENTITY`, `ignore` and
-  where its built dataset is kept."""
+def _identity_values(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+  """What a run measures: its config without `NOT_IDENTITY`, `ignore` and where its built dataset is
+  kept, flat ({"lr": ..., "data.resolution": ...})."""
   values = {k: v for k, v in run.config.to_dict().items()
-            if k not in NOT_IDENTITY and k not in ignore}
-  values["data"] = {k: v for k, v in values["data"].items() if k != "data_dir"}
-  return repr(sorted(values.items()))
+            if k not in NOT_IDENTITY and k not in ignore and k != "data"}
+  values.update({f"data.{k}": v for k, v in dataclasses.asdict(run.config.data).items()
+                 if k != "data_dir"})
+  return values
+
+
+def _identity(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> str:
+  """`_identity_values` as a comparable string."""
+  return repr(sorted(_identity_values(run, ignore).items()))
+
+
+def _settings(rows: list[Row], identities: list[dict[str, Any]]) -> None:
+  """Names what tells apart rows that would read the same (same architecture and weighting): the
+  config fields whose values differ among them, e.g. "dtype=bfloat16, lr=0.001"."""
+  by_label: dict[tuple, list[int]] = {}
+  for i, row in enumerate(rows):
+    by_label.setdefault((row.model, row.weighting, row.temperature), []).append(i)
+  for members in by_label.values():
+    if len(members) < 2:
+      continue
+    keys = sorted({k for i in members for k in identities[i]}
+                  - {k for k in identities[members[0]]
+                     if all(identities[i].get(k) == identities[members[0]][k] for i in members)})
+    for i in members:
+      rows[i].setting = ", ".join(f"{k}={identities[i].get(k)}" for k in keys)
 
 
 def _mean_std(results: list[dict[str, dict[str, float]]]):
@@ -157,9 +180,11 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
     groups.setdefault(key, []).append(i)
   dataset_tasks = tasks_lib.dataset_tasks(runs[0].config.dataset, None,
                                           runs[0].config.data.num_classes)
-  rows = []
+  rows, identities = [], []
   for members in groups.values():
     first = runs[members[0]]
+    identities.append(_identity_values(first, ("tasks",) if first.config.model in SINGLE_TASK
+                                       else ()))
     if first.config.model in SINGLE_TASK:
       means, stds, counts = {}, {}, []
       for task in dataset_tasks:
@@ -176,6 +201,7 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
       rows.append(Row(first.config.model, first.config.weighting, parameter_ratio(
           first.config.model, first.tasks, first.config.width_mult), len(members), means, stds,
           temperature=first.config.temperature))
+  _settings(rows, identities)
   order = list(ARCHITECTURES)
   weightings = [None, "equal", "uncertainty", "dwa"]
   rows.sort(key=lambda r: (order.index(r.model), weightings.index(r.weighting)
@@ -218,15 +244,19 @@ def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:
   deltas = [r.delta for r in ours if r.delta is not None]
   with_delta = any(r.delta is not None for r in rows)
   arrow = lambda metric: "↑" if metrics_lib.HIGHER_IS_BETTER[metric] else "↓"  # noqa: E731
-  header = ["#P", "Architecture", "Weighting", "runs"] + [
-      f"{task} {HEADERS[metric]} {arrow(metric)}" for task, metric in columns]
+  with_setting = any(r.setting for r in rows)
+  header = (["#P", "Architecture", "Weighting"] + (["Setting"] if with_setting else []) + ["runs"]
+            + [f"{task} {HEADERS[metric]} {arrow(metric)}" for task, metric in columns])
   header += ["Δm % ↑"] if with_delta else []
+  lead = ["---:", "---", "---"] + (["---"] if with_setting else []) + ["---:"]
   lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join(["---:", "---", "---", "---:"] + ["---:"] * (len(header) - 4)) + "|"]
+           "|" + "|".join(lead + ["---:"] * (len(header) - len(lead))) + "|"]
   for row in rows:
     cells = [f"{row.params:.2f}" if row.params is not None else "",
              ("↳ paper" if row.paper else ARCHITECTURES.get(row.model, row.model)),
-             weighting_label(row.weighting, row.temperature), "" if row.paper else str(row.runs)]
+             weighting_label(row.weighting, row.temperature)]
+    cells += [row.setting] if with_setting else []
+    cells += ["" if row.paper else str(row.runs)]
     for task, metric in columns:
       value = row.means.get(task, {}).get(metric)
       text = _format(metric, value)

@@ -167,3 +167,10 @@ def test_runs_are_grouped_by_what_they_measure():
                     "depth" in r.means) for r in rows if "segmentation" in r.means)
   assert summary == [("single", 1, 0.1, True), ("single", 1, 0.3, False),
                      ("split_standard", 1, 0.9, True), ("split_standard", 2, 0.3, True)]
+  # Rows that would read the same say what sets them apart, in a column of their own.
+  settings = sorted((r.model, r.setting) for r in rows)
+  assert settings == [("single", "width_mult=0.0625"), ("single", "width_mult=0.125"),
+                      ("split_standard", "lr=0.0001"), ("split_standard", "lr=0.001")]
+  text = report.table(rows, [("segmentation", "miou")])
+  assert text.splitlines()[0].startswith("| #P | Architecture | Weighting | Setting | runs |")
+  assert "| Equal | lr=0.001 | 1 |" in text
