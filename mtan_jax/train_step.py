@@ -31,8 +31,8 @@ from mtan_jax.weighting import Weighting
 AXIS = "batch"
 
 # What a rematerialised forward keeps for the backward pass: the outputs of convolutions and matrix
-# products. BatchNorm, ReLU, sigmoid, masking, pooling and concatenation are recomputed from them
-# (elementwise work, cheap beside the convolutions), which is where most activation memory goes.
+# products. BatchNorm, ReLU, sigmoid, masking, pooling, upsampling and concatenation are recomputed
+# from them (elementwise work, cheap beside the convolutions); they hold most activation memory.
 REMAT_POLICY = jax.checkpoint_policies.dots_saveable
 
 
