@@ -1,6 +1,7 @@
 """BatchNorm, conv block, attention mask, heads and initialisers against plain numpy."""
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +70,29 @@ def test_batchnorm_over_a_device_axis_equals_the_global_batch():
                         in_axes=(None, 0), devices=devices)(variables,
                                                             jnp.asarray(x.reshape(4, 2, 3, 3, 4)))
   assert not np.allclose(np.asarray(y_local).reshape(x.shape), np.asarray(y_global), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pointwise_conv_is_a_1x1_conv_with_the_same_parameters(dtype):
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 3, 4, 5)), jnp.float32)
+  ours = layers.PointwiseConv(6, dtype)
+  conv = flax.linen.Conv(6, (1, 1), dtype=dtype, param_dtype=jnp.float32,
+                         kernel_init=layers.xavier_normal)
+  variables = ours.init(jax.random.key(3), x)
+  # The same parameter tree, shapes and initial values as the convolution's (checkpoints, import).
+  chex.assert_trees_all_equal(variables, conv.init(jax.random.key(3), x))
+  variables = jax.tree_util.tree_map(lambda v: v + 0.1, variables)  # a non-zero bias too
+  y = ours.apply(variables, x)
+  chex.assert_shape(y, (2, 3, 4, 6))
+  chex.assert_type(y, dtype)
+  params = variables["params"]
+  expected = (np.asarray(x, np.float64) @ np.asarray(params["kernel"][0, 0], np.float64)
+              + np.asarray(params["bias"]))
+  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(np.asarray(y, np.float32), expected, rtol=tolerance, atol=tolerance)
+  np.testing.assert_allclose(np.asarray(y, np.float32),
+                             np.asarray(conv.apply(variables, x), np.float32), rtol=tolerance,
+                             atol=tolerance)
 
 
 def test_conv_block_is_conv_bn_relu():
