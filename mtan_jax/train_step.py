@@ -114,8 +114,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   `remat`: keep only convolution and matrix-product outputs from the forward pass and recompute the
   rest in the backward pass (`REMAT_POLICY`): the same result up to float rounding in about half the
-  memory (MTAN, 288x384, float32, batch 8: 13.8 GiB instead of 32.1 in XLA's memory analysis on a
-  CPU), for some recomputation (2-core CPU, batch 2: 28.6 s per step instead of 24.5).
+  memory (MTAN, 288x384, float32, batch 8: 14.0 GiB instead of 32.3 in XLA's memory analysis on a
+  CPU), for some recomputation (which on a 2-core CPU the saved memory traffic outweighs: 18.3 s per
+  step instead of 19.8 at batch 2).
 
   Returns the new state and {"loss": the weighted objective, "task_losses": {task: global mean},
   "skipped": True when the step was not applied (non-finite loss or gradient), "weights": {task:
