@@ -3,6 +3,7 @@
 - `BatchNorm`: PyTorch's BatchNorm2d semantics (momentum 0.1 in PyTorch's sense = 0.9 here, eps 1e-5,
   running variance updated with the *unbiased* batch variance), optionally with statistics over a
   named device axis so that the result does not depend on how the batch is split over devices.
+- `PointwiseConv`: a 1x1 conv (nn.Conv's parameters) computed as a matrix product.
 - `ConvBlock`: 3x3 conv (with bias, as every reference conv) + BatchNorm + ReLU.
 - `AttentionMask`: MTAN's g and h: 1x1 conv + BN + ReLU, then 1x1 conv + BN + sigmoid.
 - `PredictionHead`: 3x3 conv + 1x1 conv, nothing between them (as the reference).
