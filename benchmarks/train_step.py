@@ -10,9 +10,9 @@
 What is timed is exactly what training runs each step (`train_step.train_step` under `jax.pmap`
 on one device, state donated): forward, the task losses, the weighting, backward, the Adam update,
 the non-finite check and the metric sums; with rematerialisation (training's `--remat`) or
-without. Batches are random but valid (labels with -1 gaps, depth
-and normals zero where invalid) and stay on the device, so the input pipeline is not measured here
-(benchmarks/input_pipeline.py does that).
+without. Batches are random but valid (labels with -1 gaps, depth and normals zero where invalid)
+and stay on the device, so the input pipeline is not measured here (benchmarks/input_pipeline.py
+does that).
 
 For each (mode, dtype, batch size) it prints one JSON line, then a table:
   compile_s      lowering + XLA compilation of the step
@@ -156,8 +156,8 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
           "peak_gib": None if peak is None else round(peak / 2**30, 3)}
 
 
-COLUMNS = ("model", "mode", "dtype", "batch", "remat", "resolution", "compile_s", "step_ms", "images_per_s",
-           "tflops", "ref_tflops", "program_gib", "peak_gib")
+COLUMNS = ("model", "mode", "dtype", "batch", "remat", "resolution", "compile_s", "step_ms",
+           "images_per_s", "tflops", "ref_tflops", "program_gib", "peak_gib")
 
 
 def table(rows: list[dict]) -> str:

@@ -114,33 +114,30 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
 
 # --- Rows from runs ----------------------------------------------------------------------------
 
-def _identity_values(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-  """What a run measures: its config without `NOT_IDENTITY`, `ignore` and where its built dataset is
-  kept, flat ({"lr": ..., "data.resolution": ...})."""
-  values = {k: v for k, v in run.config.to_dict().items()
-            if k not in NOT_IDENTITY and k not in ignore and k != "data"}
+def _identity(run: runs_lib.Run) -> dict[str, Any]:
+  """What a run measures, flat ({"lr": ..., "data.resolution": ...}): its config without
+  `NOT_IDENTITY` and where its built dataset is kept; single-task runs without their task (one row
+  joins them)."""
+  ignore = NOT_IDENTITY | ({"tasks"} if run.config.model in SINGLE_TASK else set())
+  values = {k: v for k, v in run.config.to_dict().items() if k not in ignore and k != "data"}
   values.update({f"data.{k}": v for k, v in dataclasses.asdict(run.config.data).items()
                  if k != "data_dir"})
   return values
 
 
-def _identity(run: runs_lib.Run, ignore: tuple[str, ...] = ()) -> str:
-  """`_identity_values` as a comparable string."""
-  return repr(sorted(_identity_values(run, ignore).items()))
-
-
 def _settings(rows: list[Row], identities: list[dict[str, Any]]) -> None:
-  """Names what tells apart rows that would read the same (same architecture and weighting): the
-  config fields whose values differ among them, e.g. "dtype=bfloat16, lr=0.001"."""
-  by_label: dict[tuple, list[int]] = {}
+  """Names what tells apart rows that would read the same (the same architecture and weighting
+  labels): the config fields whose values differ among them, e.g. "dtype=bfloat16, lr=0.001"."""
+  by_label: dict[tuple[str, str], list[int]] = {}
   for i, row in enumerate(rows):
-    by_label.setdefault((row.model, row.weighting, row.temperature), []).append(i)
+    label = (ARCHITECTURES.get(row.model, row.model), weighting_label(row.weighting,
+                                                                      row.temperature))
+    by_label.setdefault(label, []).append(i)
   for members in by_label.values():
     if len(members) < 2:
       continue
-    keys = sorted({k for i in members for k in identities[i]}
-                  - {k for k in identities[members[0]]
-                     if all(identities[i].get(k) == identities[members[0]][k] for i in members)})
+    keys = sorted(k for k in set().union(*(identities[i] for i in members))
+                  if len({repr(identities[i].get(k)) for i in members}) > 1)
     for i in members:
       rows[i].setting = ", ".join(f"{k}={identities[i].get(k)}" for k in keys)
 
@@ -174,17 +171,18 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
       raise ValueError(f"{run.path / 'metrics.jsonl'}: no {split!r} metrics recorded")
     results.append(result)
   groups: dict[str, list[int]] = {}
+  identity_of: dict[str, dict[str, Any]] = {}
   for i, run in enumerate(runs):
-    # Single-task runs of one configuration join into one row whatever task each trained.
-    key = _identity(run, ("tasks",)) if run.config.model in SINGLE_TASK else _identity(run)
+    identity = _identity(run)
+    key = repr(sorted(identity.items()))
     groups.setdefault(key, []).append(i)
+    identity_of[key] = identity
   dataset_tasks = tasks_lib.dataset_tasks(runs[0].config.dataset, None,
                                           runs[0].config.data.num_classes)
   rows, identities = [], []
-  for members in groups.values():
+  for key, members in groups.items():
     first = runs[members[0]]
-    identities.append(_identity_values(first, ("tasks",) if first.config.model in SINGLE_TASK
-                                       else ()))
+    identities.append(identity_of[key])
     if first.config.model in SINGLE_TASK:
       means, stds, counts = {}, {}, []
       for task in dataset_tasks:
