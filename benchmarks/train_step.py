@@ -6,6 +6,7 @@
   python benchmarks/train_step.py --remat=both --batch_sizes=8      # with and without remat
   python benchmarks/train_step.py --resolution=64x96 --width_mult=0.125 --batch_sizes=2 --steps=5
                                                                     # a quick CPU check
+  python benchmarks/train_step.py --table=OUT/train_step.jsonl      # the table of earlier runs
 
 What is timed is exactly what training runs each step (`train_step.train_step` under `jax.pmap`
 on one device, state donated): forward, the task losses, the weighting, backward, the Adam update,
@@ -22,7 +23,9 @@ For each (mode, dtype, batch size) it prints one JSON line, then a table:
   ref_tflops     the same from the reference's FLOP count (spec §16: conv and matmul FLOPs, forward x3
                  for a train step) where it applies (full width at 288x384 or 128x256), else null
   program_gib    XLA's memory analysis of the step: arguments + outputs + temporaries - aliased
-  peak_gib       the device's peak bytes in use so far in this process (GPU/TPU; null on CPU)
+  peak_gib       the device's peak bytes in use so far in this process (GPU/TPU; null on CPU): the
+                 configuration's own peak only when it is the process's first or largest
+                 (benchmarks/gpu.sh runs one configuration per process)
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ from mtan_jax.models import MODEL_NAMES, build_model  # noqa: E402
 REFERENCE_FORWARD_GFLOP = {
     ("nyuv2", "mtan"): 432.1, ("nyuv2", "split_standard"): 137.2, ("nyuv2", "split_wide"): 153.5,
     ("nyuv2", "split_deep"): 263.6, ("nyuv2", "cross_stitch"): 362.2, ("nyuv2", "dense"): 651.6}
+
+# The image size the initial state is made at. The parameters and statistics of every model are
+# the same at any size (convolutions, BatchNorm, cross-stitch weights), and the initialisation runs
+# op by op, so a small image spares each process a full-size eager forward pass (on a GPU, one
+# compilation and autotuning per convolution shape). A model whose parameters depended on the
+# size would fail to compile with this state, not measure something else.
+INIT_SHAPE = (32, 32)
 
 
 def random_batch(tasks, batch: int, height: int, width: int, seed: int = 0) -> dict:
@@ -85,10 +95,10 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   optimizer = step_lib.make_optimizer(1e-4, 0)
   device = jax.local_devices()[:1]
   state_cache = {} if state_cache is None else state_cache
-  key = (model_name, dataset, width_mult, weighting_name, resolution)
+  key = (model_name, dataset, width_mult, weighting_name)
   if key not in state_cache:
     state_cache.clear()
-    state_cache[key] = step_lib.create_train_state(model, weighting, optimizer, resolution, 0)
+    state_cache[key] = step_lib.create_train_state(model, weighting, optimizer, INIT_SHAPE, 0)
   state = step_lib.replicate(state_cache[key], device, device)
   data = jax.pmap(lambda x: x, devices=device)(random_batch(tasks, batch, *resolution))  # on device
   if mode == "train":
@@ -188,7 +198,14 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--steps", type=int, default=30, help="timed steps")
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--json", default=None, help="also append the JSON lines to this file")
+  parser.add_argument("--table", default=None,
+                      help="only print the table of the JSON lines in this file (earlier runs)")
   args = parser.parse_args(argv)
+  if args.table:
+    with open(args.table) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    print(table(rows), flush=True)
+    return rows
   resolution = args.resolution or tasks_lib.DEFAULT_RESOLUTION[args.dataset]
   modes = ("train", "eval") if args.mode == "both" else (args.mode,)
   rows, cache = [], {}

@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -43,6 +45,30 @@ def test_train_step_benchmark_times_the_train_and_eval_steps(capsys):
   lines = capsys.readouterr().out.splitlines()
   assert len([line for line in lines if line.startswith("{")]) == 2
   assert lines[-3].split()[:3] == ["model", "mode", "dtype"]
+
+
+def test_train_step_benchmark_tabulates_earlier_json_lines(tmp_path, capsys):
+  rows = [{"model": m, "mode": "train", "dtype": "float32", "batch": b, "remat": False,
+           "resolution": "288x384", "compile_s": 50.0, "step_ms": 1e3 * b / ips,
+           "images_per_s": ips, "tflops": 1.0, "ref_tflops": 2.0, "program_gib": 3.0,
+           "peak_gib": peak} for m, b, ips, peak in (("mtan", 8, 97.5, 13.25), ("dense", 2, 80, None))]
+  path = tmp_path / "train_step.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+  assert load("train_step").main([f"--table={path}"]) == rows
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split()[0] for line in lines] == ["model", "mtan", "dense"]
+  assert lines[1].split()[-1] == "13.25" and lines[2].split()[-1] == "None"
+
+
+def test_gpu_script_skips_what_its_budget_leaves_no_time_for(tmp_path):
+  """With no time left, `benchmarks/gpu.sh` starts no job and says which it skipped, in order."""
+  result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path)],
+                          env={**os.environ, "BUDGET_S": "0", "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=120, check=True)
+  skipped = next(line for line in result.stdout.splitlines() if line.startswith("skipped"))
+  assert skipped.startswith("skipped (out of budget): mtan f32 b8 profile f32_b8 mtan bf16 b16")
+  assert "no configuration finished" in result.stdout
+  assert not (tmp_path / "train_step.jsonl").exists()
 
 
 def test_the_benchmark_batch_is_valid_for_the_losses():
