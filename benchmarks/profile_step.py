@@ -5,9 +5,10 @@
   python benchmarks/profile_step.py --resolution=64x96 --width_mult=0.125 --batch=2   # on a CPU
 
 The step is the one training runs (see benchmarks/train_step.py). Every op event of the trace (GPU:
-the device's XLA ops; CPU: XLA's thunks on the worker threads) is matched by its HLO instruction
-name to the compiled program, whose metadata says which JAX operation and module it came from.
-Events are then grouped by
+the device's kernels, or its derived "XLA Ops" line; CPU: XLA's thunks on the worker threads) is
+matched by its HLO instruction to the compiled program, whose metadata says which JAX operation
+and module it came from (device time that matches no instruction, such as copies or a CUDA graph
+launched as one, is reported as `unmatched_ms_per_step`). Events are then grouped by
 
   phase      forward, backward (the transpose of the forward), recompute (forward work redone in
              the backward pass, with --remat), update (optimizer, skip check, metric sums), other
@@ -58,6 +59,42 @@ def op_names(hlo_text: str) -> dict[str, str]:
   return out
 
 
+def module_name(hlo_text: str) -> str:
+  """The HLO module's name ("jit__fun"), from the first line of its text."""
+  return hlo_text.split(None, 2)[1].rstrip(",")
+
+
+def op_events(planes, names: dict[str, str],
+              module: str) -> tuple[list[tuple[str, float]], float | None]:
+  """(HLO instruction, duration ns) of every event of the step's ops in a trace's planes, and the
+  duration of the device events that match none (None without a device plane).
+
+  An event's instruction is its `hlo_op` statistic where it has one (a GPU kernel is named after
+  its kernel, "sm90_xmma_fprop_...", and carries the instruction as `hlo_op`), else its name (CPU
+  thunks). Events of other programs (`hlo_module`) are left out. Where a device plane has events
+  of the step, only device planes count (the host's events there are launches, not the work): their
+  derived "XLA Ops" line where there is one, else their "Stream" lines (the same work kernel by
+  kernel; module and step lines span whole programs). Without a device plane (CPU), the host's
+  threads count.
+  """
+  device, host, unmatched = [], [], 0.0
+  for plane in planes:
+    on_device = plane.name.startswith("/device:")
+    lines = list(plane.lines)
+    if on_device:  # the derived op line if there is one, else the streams' kernels and copies
+      ops = [line for line in lines if line.name == "XLA Ops"]
+      lines = ops or [line for line in lines if line.name.startswith("Stream")]
+    for line in lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        op = stats.get("hlo_op", event.name)
+        if op in names and stats.get("hlo_module", module) == module:
+          (device if on_device else host).append((op, event.duration_ns))
+        elif on_device:
+          unmatched += event.duration_ns
+  return (device, unmatched) if device else (host, None)
+
+
 def classify(op_name: str) -> tuple[str, str]:
   """(phase, component) of one op from its JAX op name, e.g.
   'jit(_fun)/transpose(jvp(MTAN))/depth_encoder_mask_1/conv_g/conv_general_dilated'."""
@@ -103,19 +140,16 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
   (path,) = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
   trace = jax.profiler.ProfileData.from_file(path)
   by_group, by_op = collections.Counter(), collections.Counter()
-  for plane in trace.planes:
-    for line in plane.lines:
-      for event in line.events:
-        op_name = names.get(event.name)
-        if op_name is None:
-          continue
-        by_group[classify(op_name)] += event.duration_ns
-        by_op[(event.name, op_name)] += event.duration_ns
+  events, unmatched = op_events(trace.planes, names, module_name(compiled.as_text()))
+  for op, duration_ns in events:
+    by_group[classify(names[op])] += duration_ns
+    by_op[(op, names[op])] += duration_ns
   total = sum(by_group.values())
   ms = lambda ns: round(ns / 1e6 / steps, 3)  # noqa: E731
   return {"model": model_name, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
           "remat": remat, "device": device.device_kind, "steps": steps, "op_ms_per_step": ms(total),
+          "unmatched_ms_per_step": None if unmatched is None else ms(unmatched),
           "groups": [{"phase": p, "component": c, "ms": ms(ns), "share": round(ns / total, 4)}
                      for (p, c), ns in by_group.most_common()],
           "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}
@@ -132,7 +166,9 @@ def report(result: dict) -> str:
   total = result["op_ms_per_step"]
   lines = [f"{result['model']} {result['dtype']} batch {result['batch']} {result['resolution']}"
            f"{' remat' if result.get('remat') else ''} on {result['device']}: {total:.2f} ms of op "
-           "time per step",
+           "time per step" + ("" if result.get("unmatched_ms_per_step") is None else
+                              f" (+{result['unmatched_ms_per_step']:.2f} ms of device time "
+                              "matching no op of the step)"),
            f"{'component':<16}" + "".join(f"{p:>11}" for p in phases) + f"{'total':>11}{'share':>8}"]
   for c in components:
     row = sum(cells[(c, p)] for p in phases)

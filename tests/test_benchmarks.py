@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -105,6 +106,41 @@ def test_profile_groups_ops_by_phase_and_component():
          '  %param.1 = f32[2]{0} parameter(0)\n')
   assert profile.op_names(hlo) == {"fusion.3": "jit(_fun)/jvp(MTAN)/x/mul",
                                    "convolution.7": "c/conv"}
+
+
+def fake_plane(name, lines):
+  """A trace plane as `jax.profiler.ProfileData` gives it: lines of events with stats."""
+  event = lambda name, ns, **stats: types.SimpleNamespace(  # noqa: E731
+      name=name, duration_ns=ns, stats=list(stats.items()))
+  return types.SimpleNamespace(name=name, lines=[
+      types.SimpleNamespace(name=line, events=[event(*e[:2], **e[2]) for e in events])
+      for line, events in lines.items()])
+
+
+def test_profile_counts_device_kernels_once_by_their_instruction():
+  """A GPU kernel is named after itself and carries its HLO instruction as `hlo_op`; the host's
+  events of the same ops are launches; "XLA Ops" repeats the streams' work; other programs and
+  whole-module spans are not the step's ops."""
+  op_events = load("profile_step").op_events
+  names = {"fusion.1": "jit(_fun)/jvp(MTAN)/mul", "cudnn-conv.2": "jit(_fun)/conv"}
+  host = fake_plane("/host:CPU", {"tf_XLA": [("fusion.1", 7.0, {"hlo_module": "jit__fun"}),
+                                             ("python", 50.0, {})]})
+  streams = fake_plane("/device:GPU:0", {
+      "Stream #1(Compute)": [
+          ("sm90_xmma_fprop", 30.0, {"hlo_op": "cudnn-conv.2", "hlo_module": "jit__fun"}),
+          ("loop_mul_fusion", 5.0, {"hlo_op": "fusion.1", "hlo_module": "jit__fun"}),
+          ("loop_mul_fusion", 4.0, {"hlo_op": "fusion.1", "hlo_module": "jit__other"}),
+          ("MemcpyH2D", 2.0, {})],
+      "XLA Modules": [("jit__fun(3)", 99.0, {"hlo_module": "jit__fun"})]})
+  events, unmatched = op_events([host, streams], names, "jit__fun")
+  assert sorted(events) == [("cudnn-conv.2", 30.0), ("fusion.1", 5.0)] and unmatched == 6.0
+  derived = fake_plane("/device:GPU:0", {
+      "XLA Ops": [("cudnn-conv.2", 31.0, {}), ("fusion.1", 5.5, {})],
+      "Stream #1(Compute)": [("sm90_xmma_fprop", 30.0, {"hlo_op": "cudnn-conv.2"})]})
+  events, unmatched = op_events([host, derived], names, "jit__fun")
+  assert sorted(events) == [("cudnn-conv.2", 31.0), ("fusion.1", 5.5)] and unmatched == 0
+  assert op_events([host], names, "jit__fun") == ([("fusion.1", 7.0)], None)  # a CPU trace
+  assert load("profile_step").module_name("HloModule jit__fun, is_scheduled=true\n") == "jit__fun"
 
 
 def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
