@@ -59,25 +59,18 @@ def op_names(hlo_text: str) -> dict[str, str]:
   return out
 
 
-def module_name(hlo_text: str) -> str:
-  """The HLO module's name ("jit__fun"), from the first line of its text."""
-  return hlo_text.split(None, 2)[1].rstrip(",")
-
-
-def op_events(planes, names: dict[str, str],
-              module: str) -> tuple[list[tuple[str, float]], float | None]:
+def op_events(planes, names: dict[str, str]) -> tuple[list[tuple[str, float]], float | None]:
   """(HLO instruction, duration ns) of every event of the step's ops in a trace's planes, and the
   duration of the device events that match none (None without a device plane).
 
   An event's instruction is its `hlo_op` statistic where it has one (a GPU kernel is named after
   its kernel, "sm90_xmma_fprop_...", and carries the instruction as `hlo_op`), else its name (CPU
-  thunks). Events of other programs (`hlo_module`) are left out. Where a device plane has events
-  of the step, only device planes count (the host's events there are launches, not the work): their
-  derived "XLA Ops" line where there is one, else their "Stream" lines (the same work kernel by
-  kernel; module and step lines span whole programs). Without a device plane (CPU), the host's
-  threads count.
+  thunks). Where there is a device plane, only device planes count (the host's events there are
+  launches, not the work): their derived "XLA Ops" line where there is one, else their "Stream"
+  lines (the same work kernel by kernel; module and step lines span whole programs). Without one
+  (CPU), the host's threads count.
   """
-  device, host, unmatched = [], [], 0.0
+  device, host, unmatched, on_a_device = [], [], 0.0, False
   for plane in planes:
     on_device = plane.name.startswith("/device:")
     lines = list(plane.lines)
@@ -86,13 +79,13 @@ def op_events(planes, names: dict[str, str],
       lines = ops or [line for line in lines if line.name.startswith("Stream")]
     for line in lines:
       for event in line.events:
-        stats = dict(event.stats)
-        op = stats.get("hlo_op", event.name)
-        if op in names and stats.get("hlo_module", module) == module:
+        on_a_device |= on_device
+        op = dict(event.stats).get("hlo_op", event.name)
+        if op in names:
           (device if on_device else host).append((op, event.duration_ns))
         elif on_device:
           unmatched += event.duration_ns
-  return (device, unmatched) if device else (host, None)
+  return (device, unmatched) if on_a_device else (host, None)
 
 
 def classify(op_name: str) -> tuple[str, str]:
@@ -140,11 +133,16 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
   (path,) = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
   trace = jax.profiler.ProfileData.from_file(path)
   by_group, by_op = collections.Counter(), collections.Counter()
-  events, unmatched = op_events(trace.planes, names, module_name(compiled.as_text()))
+  events, unmatched = op_events(trace.planes, names)
   for op, duration_ns in events:
     by_group[classify(names[op])] += duration_ns
     by_op[(op, names[op])] += duration_ns
   total = sum(by_group.values())
+  if not total:
+    raise RuntimeError(
+        f"no event of the trace in {path} matched an instruction of the step (device time "
+        f"matching none: {unmatched} ns): the trace's layout is not the one expected; open it "
+        "with TensorBoard / XProf (--trace_dir keeps it)")
   ms = lambda ns: round(ns / 1e6 / steps, 3)  # noqa: E731
   return {"model": model_name, "dtype": dtype, "batch": batch,
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
