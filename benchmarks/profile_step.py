@@ -27,6 +27,7 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -47,6 +48,68 @@ SCOPES = ("max_pool_with_argmax", "max_unpool", "upsample_bilinear_x2", "optimiz
           "skip_non_finite", "metrics", "losses")
 COMPONENT_OF_SCOPE = {"max_pool_with_argmax": "max_pool", "upsample_bilinear_x2": "upsample"}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]*)\"")
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+                "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY )?%([\w.\-]+) .*\{\s*$")
+_OPERATION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
+_CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?([^}\s]*(?:, %[^}\s,]+)*)")
+# Operations that move no data of their own (views, tuples) or only run other computations.
+_NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "call", "while",
+               "conditional", "after-all", "partition-id", "replica-id", "async-done"}
+
+
+def array_bytes(type_text: str) -> int:
+  """Bytes of the arrays in an HLO type, e.g. "(f32[8,288,384,64]{3,2,1,0}, s32[])"."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(type_text):
+    total += _DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+  return total
+
+
+def traffic(hlo_text: str) -> dict[str, int]:
+  """HLO instruction -> bytes it reads and writes (its operands and outputs, each once), for every
+  operation the compiled program runs: those of the entry computation and of the computations it
+  calls, loops over or branches to, not those inside a fusion (a fusion's intermediates stay in
+  registers) or a reduction's scalar function.
+
+  A model of memory traffic, not a measure: an operand read by two kernels counts twice, a cached
+  one as much as any, and a fusion that reads a slice of an operand is charged for all of it.
+  Divided by an op's time it says how near the memory's bandwidth the op runs.
+  """
+  computations, current, entry = {}, None, None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = computations.setdefault(header.group(2), [])
+      entry = header.group(2) if header.group(1) else entry
+      continue
+    operation = _OPERATION.match(line)
+    if operation and current is not None:
+      current.append(operation.groups())
+  types = {name: type_text for ops in computations.values() for name, type_text, _, _ in ops}
+  out, pending, seen = {}, [entry], set()
+  while pending:
+    computation = pending.pop()
+    if computation in seen or computation not in computations:
+      continue
+    seen.add(computation)
+    for name, type_text, opcode, rest in computations[computation]:
+      depth, end = 1, 0
+      for end, char in enumerate(rest):  # the operand list ends at the matching parenthesis
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+          break
+      operands, attributes = rest[:end], rest[end:]
+      if opcode in ("call", "while", "conditional") or opcode.startswith("async"):
+        for called in _CALLED.findall(attributes):
+          pending.extend(c.strip().lstrip("%") for c in called.split(","))
+      if opcode not in _NO_TRAFFIC:
+        out[name] = array_bytes(type_text) + sum(
+            array_bytes(types.get(operand, "")) for operand in re.findall(r"%([\w.\-]+)", operands))
+  return out
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
@@ -121,7 +184,8 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
   step, state, data, device = bench.setup(model_name, dataset, "train", dtype, batch, resolution,
                                           width_mult, weighting_name, remat=remat)
   compiled = step.lower(state, data).compile()
-  names = op_names(compiled.as_text())
+  hlo_text = compiled.as_text()
+  names = op_names(hlo_text)
   for _ in range(max(warmup, 1)):
     state, outputs = compiled(state, data)
   jax.block_until_ready((state, outputs))
@@ -130,6 +194,12 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
       state, outputs = compiled(state, data)
     jax.block_until_ready((state, outputs))
 
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  xla_bytes = (cost or {}).get("bytes accessed")  # XLA's own total, to compare with the model
+  moved = collections.Counter()  # bytes per (phase, component), from the program
+  for op, count in traffic(hlo_text).items():
+    moved[classify(names[op]) if op in names else ("other", "unattributed")] += count
   (path,) = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
   trace = jax.profiler.ProfileData.from_file(path)
   by_group, by_op = collections.Counter(), collections.Counter()
@@ -148,30 +218,39 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
           "resolution": f"{resolution[0]}x{resolution[1]}", "width_mult": width_mult,
           "remat": remat, "device": device.device_kind, "steps": steps, "op_ms_per_step": ms(total),
           "unmatched_ms_per_step": None if unmatched is None else ms(unmatched),
-          "groups": [{"phase": p, "component": c, "ms": ms(ns), "share": round(ns / total, 4)}
-                     for (p, c), ns in by_group.most_common()],
+          "gb_per_step": round(sum(moved.values()) / 1e9, 4),
+          "xla_gb_per_step": None if xla_bytes is None else round(xla_bytes / 1e9, 4),
+          "groups": [{"phase": p, "component": c, "ms": ms(by_group[(p, c)]),
+                      "share": round(by_group[(p, c)] / total, 4), "gb": round(moved[(p, c)] / 1e9, 4)}
+                     for p, c in sorted(by_group.keys() | moved.keys(),
+                                        key=lambda k: (-by_group[k], -moved[k]))],
           "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}
                       for (op, jax_name), ns in by_op.most_common(15)]}
 
 
 def report(result: dict) -> str:
-  """Tables: component x phase, then the most expensive ops."""
+  """Tables: component x phase (ms per step), the bytes each component moves (the program's
+  traffic model, `traffic`) and the bandwidth that makes; then the most expensive ops."""
   phases = ("forward", "backward", "recompute", "update", "other")
-  cells = collections.defaultdict(float)
+  cells, moved = collections.defaultdict(float), collections.defaultdict(float)
   for g in result["groups"]:
     cells[(g["component"], g["phase"])] += g["ms"]
+    moved[g["component"]] += g.get("gb", 0.0)
   components = sorted({c for c, _ in cells}, key=lambda c: -sum(cells[(c, p)] for p in phases))
   total = result["op_ms_per_step"]
   lines = [f"{result['model']} {result['dtype']} batch {result['batch']} {result['resolution']}"
            f"{' remat' if result.get('remat') else ''} on {result['device']}: {total:.2f} ms of op "
            "time per step" + ("" if result.get("unmatched_ms_per_step") is None else
                               f" (+{result['unmatched_ms_per_step']:.2f} ms of device time "
-                              "matching no op of the step)"),
-           f"{'component':<16}" + "".join(f"{p:>11}" for p in phases) + f"{'total':>11}{'share':>8}"]
+                              "matching no op of the step)")
+           + f"; {result['gb_per_step']:.3f} GB moved (XLA's count: {result['xla_gb_per_step']})",
+           f"{'component':<16}" + "".join(f"{p:>11}" for p in phases)
+           + f"{'total':>11}{'share':>8}{'GB':>9}{'GB/s':>9}"]
   for c in components:
     row = sum(cells[(c, p)] for p in phases)
+    rate = f"{moved[c] / (row / 1e3):>9.1f}" if row else f"{'':>9}"
     lines.append(f"{c:<16}" + "".join(f"{cells[(c, p)]:>11.2f}" for p in phases)
-                 + f"{row:>11.2f}{row / total:>8.1%}")
+                 + f"{row:>11.2f}{row / total:>8.1%}{moved[c]:>9.3f}{rate}")
   lines.append("most expensive ops (ms per step, share, JAX op):")
   for op in result["top_ops"]:
     lines.append(f"  {op['ms']:>9.3f} {op['share']:>6.1%}  {op['op']:<28} {op['jax'][-90:]}")

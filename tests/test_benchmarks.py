@@ -108,6 +108,48 @@ def test_profile_groups_ops_by_phase_and_component():
                                    "convolution.7": "c/conv"}
 
 
+HLO = """\
+%fused_computation.1 (param_0: f32[4,8]) -> f32[4,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  ROOT %exponential.1 = f32[4,8]{1,0} exponential(%param_0)
+}
+
+%region_0.1 (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add.9 = f32[] add(%a, %b)
+}
+
+%command_buffer (p0: f32[4,8], p1: bf16[8]) -> (f32[4,8], f32[4]) {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = bf16[8]{0} parameter(1)
+  %fusion.1 = f32[4,8]{1,0} fusion(%p0), kind=kLoop, calls=%fused_computation.1, metadata={op_name="jit(_fun)/jvp(MTAN)/exp"}
+  %reduce.2 = f32[4]{0} reduce(%fusion.1, %p1), dimensions={1}, to_apply=%region_0.1
+  ROOT %tuple.3 = (f32[4,8]{1,0}, f32[4]{0}) tuple(%fusion.1, %reduce.2)
+}
+
+ENTRY %main.4 (x: f32[4,8], w: bf16[8]) -> (f32[4,8], f32[4]) {
+  %x = f32[4,8]{1,0} parameter(0)
+  %w = bf16[8]{0} parameter(1)
+  %call.5 = (f32[4,8]{1,0}, f32[4]{0}) call(%x, %w), to_apply=%command_buffer
+  %get-tuple-element.6 = f32[4,8]{1,0} get-tuple-element(%call.5), index=0
+  ROOT %copy.7 = f32[4,8]{0,1} copy(%get-tuple-element.6), metadata={op_name="jit(_fun)/optimizer/copy"}
+}
+"""
+
+
+def test_traffic_counts_what_each_run_operation_reads_and_writes():
+  """Operands and outputs of the operations the program runs (the entry computation and what it
+  calls), each once; nothing inside a fusion or a reduction's scalar function; views free."""
+  profile = load("profile_step")
+  assert profile.array_bytes("(f32[8,288,384,64]{3,2,1,0}, bf16[3]{0}, s32[])") == (
+      8 * 288 * 384 * 64 * 4 + 3 * 2 + 4)
+  assert profile.traffic(HLO) == {
+      "fusion.1": 4 * 8 * 4 + 4 * 8 * 4,  # reads p0, writes its result
+      "reduce.2": 4 * 8 * 4 + 8 * 2 + 4 * 4,  # reads fusion.1 and p1 (bf16), writes [4]
+      "copy.7": 2 * 4 * 8 * 4}
+
+
 def fake_plane(name, lines):
   """A trace plane as `jax.profiler.ProfileData` gives it: lines of events with stats."""
   event = lambda name, ns, **stats: types.SimpleNamespace(  # noqa: E731
@@ -155,4 +197,7 @@ def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
   assert sum(g["share"] for g in result["groups"]) == pytest.approx(1, abs=1e-3)
   assert sum(g["ms"] for g in result["groups"]) == pytest.approx(result["op_ms_per_step"],
                                                                   rel=1e-2)
+  # The traffic model and XLA's own count of bytes accessed agree on the whole program.
+  assert sum(g["gb"] for g in result["groups"]) == pytest.approx(result["gb_per_step"], rel=1e-2)
+  assert result["gb_per_step"] == pytest.approx(result["xla_gb_per_step"], rel=1e-2)
   assert "component" in capsys.readouterr().out
