@@ -23,6 +23,7 @@ shift
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 budget="${BUDGET_S:-480}"
+py="${PYTHON:-python3}"  # the GPU image has python3 (with jax), not always python
 start=$SECONDS
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # peak_gib then reports what the step itself needs
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/mtan_jax_compile_cache}"
@@ -30,11 +31,11 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 # Convolution autotuning results shared between processes (f32 b8 with and without remat share
 # every convolution), if this XLA knows the flag; an unknown XLA flag is fatal, so try it first.
 tune="--xla_gpu_per_fusion_autotune_cache_dir=/tmp/mtan_jax_autotune"
-if XLA_FLAGS="${XLA_FLAGS:-} $tune" python -c "import jax; jax.numpy.zeros(1).block_until_ready()" \
+if XLA_FLAGS="${XLA_FLAGS:-} $tune" "$py" -c "import jax; jax.numpy.zeros(1).block_until_ready()" \
     >/dev/null 2>&1; then
   export XLA_FLAGS="${XLA_FLAGS:-} $tune"
 fi
-python -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$out/log.txt"
+"$py" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$out/log.txt"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm \
   --format=csv,noheader | tee -a "$out/log.txt"
 
@@ -54,14 +55,14 @@ job() {  # job NAME COMMAND...: runs COMMAND (output to log.txt) if the budget a
 train() {  # train NAME [flags]: one configuration of benchmarks/train_step.py
   local name="$1"
   shift
-  job "$name" python benchmarks/train_step.py --steps=20 --warmup=3 \
+  job "$name" "$py" benchmarks/train_step.py --steps=20 --warmup=3 \
     --json="$out/train_step.jsonl" "$@" "${extra[@]}"
 }
 profile() {  # profile NAME [flags]: benchmarks/profile_step.py, its report to profile_NAME.txt
   local name="$1"
   shift
-  job "profile $name" bash -c 'python benchmarks/profile_step.py --steps=5 "$@" > "$0"' \
-    "$out/profile_$name.txt" "$@" "${extra[@]}"
+  job "profile $name" bash -c '"$1" benchmarks/profile_step.py --steps=5 "${@:2}" > "$0"' \
+    "$out/profile_$name.txt" "$py" "$@" "${extra[@]}"
 }
 extra=("$@")
 
@@ -93,7 +94,7 @@ for f in "$out"/profile_*.txt; do
 done
 [ "${#skipped[@]}" -eq 0 ] || echo "skipped (out of budget): ${skipped[*]}"
 if [ -s "$out/train_step.jsonl" ]; then
-  python benchmarks/train_step.py --table="$out/train_step.jsonl"
+  "$py" benchmarks/train_step.py --table="$out/train_step.jsonl"
 else
   echo "no configuration finished; see $out/log.txt"
   tail -n 30 "$out/log.txt"
