@@ -2,6 +2,8 @@
 # The prepared accelerator run of issue 6: one call, most important measurements first.
 #
 #   bash benchmarks/gpu.sh OUT_DIR                      # on a GPU (or TPU), full size
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+#     PYTHONPATH=/tmp/site bash benchmarks/gpu.sh OUT_DIR  # with carried tensorflow-datasets wheels
 #   BUDGET_S=300 bash benchmarks/gpu.sh OUT_DIR         # stop starting new jobs after 300 s
 #   bash benchmarks/gpu.sh OUT_DIR --resolution=32x32 --width_mult=0.0625 --steps=2 --warmup=1
 #                                                       # a dry run on a CPU
@@ -13,10 +15,14 @@
 # row's peak_gib is then that configuration's own. Compiled programs go to a persistent cache, so
 # a profile of a configuration timed before reuses its executable instead of compiling again.
 #
-# Flags after OUT_DIR go to every job (they override the ones written here). Needs jax with CUDA
-# (or TPU), flax, optax, orbax-checkpoint and chex; not tensorflow-datasets. JSON lines go to
-# OUT_DIR/train_step.jsonl, each job's output to OUT_DIR/log.txt; the profiles to
-# OUT_DIR/profile_*.txt; the last lines printed are the summary.
+# Flags after OUT_DIR go to every benchmark job (they override the ones written here). Needs jax
+# with CUDA (or TPU), flax, optax, orbax-checkpoint and chex. Where tensorflow-datasets can be
+# imported too, a short training run of the experiment script (synthetic scenes, quick preset, two
+# epochs) checks the whole library on the device; the GPU image lacks it, so carry it as wheels
+# (`.whl`, see the device tool's notes) and install them before this script. JSON lines go to
+# OUT_DIR/train_step.jsonl, each job's output to OUT_DIR/log.txt, the profiles to
+# OUT_DIR/profile_*.txt, the training run's output to OUT_DIR/training_run.txt; the last lines
+# printed are the summary.
 set -uo pipefail
 out="${1:?output folder}"
 shift
@@ -73,6 +79,14 @@ profile f32_b8 --model=mtan --dtype=float32 --batch=8
 train "mtan bf16 b16" --model=mtan --dtypes=bfloat16 --batch_sizes=16
 train "mtan bf16 b8" --model=mtan --dtypes=bfloat16 --batch_sizes=8
 train "mtan f32 b8 remat" --model=mtan --dtypes=float32 --batch_sizes=8 --remat=true
+# Then the library end to end on the device: python experiments/nyuv2.py, briefly.
+if "$py" -c "import tensorflow_datasets" >/dev/null 2>&1; then
+  job "training run" bash -c '"$1" experiments/nyuv2.py --weighting=uncertainty --epochs=2 \
+    --synthetic_size=64,16 --workdir=/tmp/mtan_jax_run --tfds_dir=/tmp/mtan_jax_tfds \
+    --overwrite --progress=false > "$0" 2>&1' "$out/training_run.txt" "$py"
+else
+  skipped+=("training run (tensorflow_datasets cannot be imported)")
+fi
 profile bf16_b16 --model=mtan --dtype=bfloat16 --batch=16
 # The other models against their reference (batch 2, float32: spec section 17).
 for model in split_standard cross_stitch dense; do
@@ -92,7 +106,11 @@ echo "== summary ($((SECONDS - start)) s)"
 for f in "$out"/profile_*.txt; do
   [ -s "$f" ] && tail -n +2 "$f" | head -16
 done
-[ "${#skipped[@]}" -eq 0 ] || echo "skipped (out of budget): ${skipped[*]}"
+if [ -s "$out/training_run.txt" ]; then
+  echo "training run (last lines):"
+  tail -n 8 "$out/training_run.txt"
+fi
+[ "${#skipped[@]}" -eq 0 ] || echo "skipped (out of budget, or as said): ${skipped[*]}"
 if [ -s "$out/train_step.jsonl" ]; then
   "$py" benchmarks/train_step.py --table="$out/train_step.jsonl"
 else
