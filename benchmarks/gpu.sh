@@ -4,6 +4,16 @@
 #   bash benchmarks/gpu.sh OUT_DIR                      # on a GPU (or TPU), full size
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
 #     PYTHONPATH=/tmp/site bash benchmarks/gpu.sh OUT_DIR  # with carried tensorflow-datasets wheels
+#
+# The wheels (Python 3.12; what the GPU image lacks of requirements.txt), made beforehand here:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     tensorflow-datasets==4.9.10 array_record==0.8.6 dm-tree==0.1.10 tensorflow-metadata==1.21.0 \
+#     googleapis-common-protos==1.76.0 simple-parsing==0.1.9 docstring_parser==0.18.0 \
+#     immutabledict==4.3.1 importlib_resources==7.1.0 termcolor==3.3.0 toml==0.10.2 \
+#     tensorboardX==2.6.5
+#   python3 -m pip wheel --no-deps promise==2.3 -w .whl       # published as source only
 #   BUDGET_S=300 bash benchmarks/gpu.sh OUT_DIR         # stop starting new jobs after 300 s
 #   bash benchmarks/gpu.sh OUT_DIR --resolution=32x32 --width_mult=0.0625 --steps=2 --warmup=1
 #                                                       # a dry run on a CPU
