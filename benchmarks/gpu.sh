@@ -6,7 +6,8 @@
 #     PYTHONPATH=/tmp/site bash benchmarks/gpu.sh OUT_DIR  # with carried tensorflow-datasets wheels
 #
 # The wheels (Python 3.12; what the GPU image lacks of requirements.txt), made beforehand here:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     tensorflow-datasets==4.9.10 array_record==0.8.6 dm-tree==0.1.10 tensorflow-metadata==1.21.0 \
@@ -66,7 +67,8 @@ job() {  # job NAME COMMAND...: runs COMMAND (output to log.txt) if the budget a
   echo "== $name ($((SECONDS - start)) s in, $left s left)" | tee -a "$out/log.txt"
   timeout "$left" "$@" >>"$out/log.txt" 2>&1
   local status=$?
-  [ "$status" -eq 0 ] || echo "   $name: exit status $status (124 = out of time)" | tee -a "$out/log.txt"
+  [ "$status" -eq 0 ] ||
+    echo "   $name: exit status $status (124 = out of time)" | tee -a "$out/log.txt"
 }
 train() {  # train NAME [flags]: one configuration of benchmarks/train_step.py
   local name="$1"

@@ -55,7 +55,8 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY )?%([\w.\-]+) .*\{\s*$")
 _OPERATION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
-_CALLED = re.compile(r"(?:to_apply|calls|body|condition|branch_computations)=\{?([^}\s]*(?:, %[^}\s,]+)*)")
+_CALLED = re.compile(
+    r"(?:to_apply|calls|body|condition|branch_computations)=\{?([^}\s]*(?:, %[^}\s,]+)*)")
 # Operations that move no data of their own (views, tuples) or only run other computations.
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "call", "while",
                "conditional", "after-all", "partition-id", "replica-id", "async-done"}
@@ -221,7 +222,8 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
           "gb_per_step": round(sum(moved.values()) / 1e9, 4),
           "xla_gb_per_step": None if xla_bytes is None else round(xla_bytes / 1e9, 4),
           "groups": [{"phase": p, "component": c, "ms": ms(by_group[(p, c)]),
-                      "share": round(by_group[(p, c)] / total, 4), "gb": round(moved[(p, c)] / 1e9, 4)}
+                      "share": round(by_group[(p, c)] / total, 4),
+                      "gb": round(moved[(p, c)] / 1e9, 4)}
                      for p, c in sorted(by_group.keys() | moved.keys(),
                                         key=lambda k: (-by_group[k], -moved[k]))],
           "top_ops": [{"op": op, "jax": jax_name, "ms": ms(ns), "share": round(ns / total, 4)}

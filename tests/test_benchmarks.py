@@ -52,7 +52,8 @@ def test_train_step_benchmark_tabulates_earlier_json_lines(tmp_path, capsys):
   rows = [{"model": m, "mode": "train", "dtype": "float32", "batch": b, "remat": False,
            "resolution": "288x384", "compile_s": 50.0, "step_ms": 1e3 * b / ips,
            "images_per_s": ips, "tflops": 1.0, "ref_tflops": 2.0, "program_gib": 3.0,
-           "peak_gib": peak} for m, b, ips, peak in (("mtan", 8, 97.5, 13.25), ("dense", 2, 80, None))]
+           "peak_gib": peak}
+          for m, b, ips, peak in (("mtan", 8, 97.5, 13.25), ("dense", 2, 80, None))]
   path = tmp_path / "train_step.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
   assert load("train_step").main([f"--table={path}"]) == rows
