@@ -175,6 +175,10 @@ class PredictionHead(nn.Module):
   """3x3 conv (keeps width) then 1x1 conv to the task's channels; no BN or activation between.
 
   `[B, H, W, C]` -> `[B, H, W, channels]` in float32 (the task activation follows in float32).
+  The 3x3 conv runs in the compute dtype, the 1x1 in float32 whatever it is: a prediction rounded
+  to bfloat16 trained surface normals 0.7 degrees worse in mean angle than float32 (quick preset,
+  two seeds each); with this last layer in float32, 0.2 degrees, inside float32's spread. It is
+  a 1x1 conv to a few channels, so the cost is nil.
   """
 
   channels: int
@@ -185,8 +189,8 @@ class PredictionHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv_3x3")(x)
-    x = PointwiseConv(self.channels, self.dtype, self.kernel_init, name="conv_1x1")(x)
-    return x.astype(jnp.float32)
+    return PointwiseConv(self.channels, jnp.float32, self.kernel_init,
+                         name="conv_1x1")(x.astype(jnp.float32))
 
 
 def task_output(task: tasks_lib.Task, head_out: jax.Array) -> jax.Array:
