@@ -195,9 +195,7 @@ def profile(model_name: str, dataset: str, dtype: str, batch: int, resolution, w
       state, outputs = compiled(state, data)
     jax.block_until_ready((state, outputs))
 
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_bytes = (cost or {}).get("bytes accessed")  # XLA's own total, to compare with the model
+  xla_bytes = bench.xla_cost(compiled).get("bytes accessed")  # to compare with the model
   moved = collections.Counter()  # bytes per (phase, component), from the program
   for op, count in traffic(hlo_text).items():
     moved[classify(names[op]) if op in names else ("other", "unattributed")] += count

@@ -112,6 +112,14 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   return step, state, data, device[0]
 
 
+def xla_cost(compiled) -> dict:
+  """XLA's cost analysis of a compiled step ("flops", "bytes accessed", ...), {} where there is
+  none; older JAX returns it as a one-element list."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost or {}
+
+
 def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
             resolution: tuple[int, int], width_mult: float, weighting_name: str, steps: int,
             warmup: int, state_cache: dict, remat: bool = False) -> dict:
@@ -139,9 +147,7 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
     times.append(seconds)
   median = statistics.median(times)
 
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops = float(xla_cost(compiled).get("flops", 0.0))
   reference = REFERENCE_FORWARD_GFLOP.get((dataset, model_name))
   full_size = width_mult == 1.0 and tuple(resolution) == tasks_lib.DEFAULT_RESOLUTION["nyuv2"]
   ref_tflops = None

@@ -148,7 +148,8 @@ def test_prediction_head_in_bfloat16_computes_its_last_layer_in_float32():
   variables = head.init(jax.random.key(4), jnp.asarray(x))
   y, state = head.apply(variables, jnp.asarray(x), capture_intermediates=True)
   features = state["intermediates"]["conv_3x3"]["__call__"][0]
-  assert features.dtype == jnp.bfloat16 and y.dtype == jnp.float32
+  chex.assert_shape([features, y], [(2, 4, 4, 8), (2, 4, 4, 3)])
+  chex.assert_type([features, y], [jnp.bfloat16, jnp.float32])
   p = jax.tree_util.tree_map(np.asarray, variables["params"]["conv_1x1"])
   expected = np.asarray(features, np.float32) @ p["kernel"][0, 0] + p["bias"]
   np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-6)

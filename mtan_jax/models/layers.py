@@ -189,8 +189,7 @@ class PredictionHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv_3x3")(x)
-    return PointwiseConv(self.channels, jnp.float32, self.kernel_init,
-                         name="conv_1x1")(x.astype(jnp.float32))
+    return PointwiseConv(self.channels, jnp.float32, self.kernel_init, name="conv_1x1")(x)
 
 
 def task_output(task: tasks_lib.Task, head_out: jax.Array) -> jax.Array:
