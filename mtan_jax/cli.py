@@ -104,7 +104,9 @@ def parse(argv: list[str] | None, dataset: str) -> tuple[TrainConfig, argparse.N
   data_fields = {f.name for f in dataclasses.fields(DataConfig)}
   train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
   data = {k: v for k, v in values.items() if k in data_fields}
-  data["release_dir"] = args.data_dir
+  # The folder as an absolute path: the run's record names it whatever the working directory.
+  data["release_dir"] = (None if args.data_dir is None
+                         else str(pathlib.Path(args.data_dir).expanduser().resolve()))
   data["data_dir"] = args.tfds_dir
   data["dataset"] = dataset
   config = {k: v for k, v in values.items() if k in train_fields and k != "data"}
@@ -128,22 +130,36 @@ def enable_compilation_cache(folder: str | None) -> None:
 
 
 def main(argv: list[str] | None, dataset: str) -> dict:
-  """Parses the flags, says what data it trains on, and runs."""
-  from mtan_jax import train  # pylint: disable=import-outside-toplevel
-  from mtan_jax.data import DataError, ReleaseError  # pylint: disable=import-outside-toplevel
-  config, args = parse(argv, dataset)
-  if config.data.release_dir is None:
-    print(f"Training on the built-in synthetic scenes ({'indoor' if dataset == 'nyuv2' else 'street'}"
-          f", {config.data.resolution[0]}x{config.data.resolution[1]}, quick preset); pass "
-          f"--data_dir=RELEASE_FOLDER for the real {dataset} data.", flush=True)
-  else:
-    print(f"Training on the {dataset} release in {config.data.release_dir}.", flush=True)
-  enable_compilation_cache(args.compilation_cache)
+  """Parses the flags, checks the config and the data, says what it trains on, and runs.
+
+  Every error a user can cause (a flag out of range, missing or damaged data, a run folder in use
+  or not writable, a refused resume, a full disk, Ctrl-C before training) is said in one message
+  on stderr, exit status 1 (130 for Ctrl-C); programming errors keep their traceback."""
+  # pylint: disable=import-outside-toplevel
+  from mtan_jax import checkpoint, rundir, train
+  from mtan_jax.config import ConfigError
+  from mtan_jax.data import DataError, ReleaseError, pipeline
   try:
+    config, args = parse(argv, dataset)
+    config.validate()
+    source = pipeline.locate(dataclasses.replace(config.data, dataset=dataset))
+    if config.data.release_dir is None:
+      height, width = config.resolution
+      print(f"Training on the built-in synthetic scenes ({'indoor' if dataset == 'nyuv2' else 'street'}"
+            f", {height}x{width}, quick preset; {source.describe()}); pass "
+            f"--data_dir=RELEASE_FOLDER for the real {dataset} data.", flush=True)
+    else:
+      print(f"Training on the {dataset} {source.describe()}.", flush=True)
+    enable_compilation_cache(args.compilation_cache)
     return train.run(config)
   except train.RunInterrupted as stopped:
     print(stopped, flush=True)
     raise SystemExit(128 + stopped.signal_number)
-  except (train.RunError, DataError, ReleaseError) as error:  # said plainly, without a traceback
+  except KeyboardInterrupt:
+    print("error: interrupted (Ctrl-C) outside the training loop; nothing in progress was saved, "
+          "the run folder keeps its last checkpoint", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+  except (train.RunError, DataError, ReleaseError, ConfigError, rundir.RunFolderError,
+          checkpoint.CheckpointError, OSError) as error:  # said plainly, without a traceback
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(1)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data.pipeline import DataConfig
+
+
+class ConfigError(ValueError):
+  """A configuration value no run can use; the message names the flag, what was expected and what
+  was found."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,40 @@ class TrainConfig:
   def resolution(self) -> tuple[int, int]:
     """The image size (height, width): the data's, or the dataset's release default."""
     return tuple(self.data.resolution or tasks_lib.DEFAULT_RESOLUTION[self.dataset])
+
+  def validate(self) -> "TrainConfig":
+    """Refuses values no run can use before anything is built, written or compiled; returns self."""
+    problems = []
+
+    def need(ok: bool, flag: str, expected: str, found: Any) -> None:
+      if not ok:
+        problems.append(f"--{flag}: expected {expected}, found {found!r}")
+
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    need(finite(self.lr) and self.lr > 0, "lr", "a finite learning rate > 0", self.lr)
+    need(finite(self.temperature) and self.temperature > 0, "temperature",
+         "a finite temperature > 0", self.temperature)
+    need(finite(self.width_mult) and self.width_mult > 0, "width_mult", "a finite multiplier > 0",
+         self.width_mult)
+    for flag, least in (("epochs", 1), ("batch_size", 1), ("keep_checkpoints", 1),
+                        ("max_skipped_steps", 1), ("eval_batch_size", 0), ("steps_per_epoch", 0),
+                        ("lr_halve_epoch", 0), ("workers", 0), ("devices", 0)):
+      value = getattr(self, flag)
+      need(isinstance(value, int) and value >= least, flag, f"an integer >= {least}", value)
+    height, width = self.resolution
+    need(height > 0 and width > 0 and height % 32 == 0 and width % 32 == 0, "resolution",
+         "HEIGHTxWIDTH, both positive multiples of 32 (five 2x2 poolings)", f"{height}x{width}")
+    for flag, choices in (("dtype", ("float32", "bfloat16")), ("bn_statistics", ("global", "device")),
+                          ("metrics", ("exact", "reference"))):
+      need(getattr(self, flag) in choices, flag, f"one of {choices}", getattr(self, flag))
+    fraction = self.data.validation_fraction
+    need(finite(fraction) and 0 <= fraction < 1, "validation_fraction", "a number in [0, 1)",
+         fraction)
+    need(min(self.data.synthetic_size) >= 1, "synthetic_size",
+         "at least one train and one test example", self.data.synthetic_size)
+    if problems:
+      raise ConfigError("; ".join(problems))
+    return self
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

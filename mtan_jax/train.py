@@ -7,6 +7,7 @@ checkpoint); the summary (mean of the last 10 epochs, as the paper reports).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,6 +24,7 @@ import numpy as np
 
 from mtan_jax import checkpoint as checkpoint_lib
 from mtan_jax import metrics as metrics_lib
+from mtan_jax import rundir
 from mtan_jax import runlog
 from mtan_jax import tasks as tasks_lib
 from mtan_jax import train_step as step_lib
@@ -133,33 +135,20 @@ class MemoryCheckedStep:
     return self.compiled(*args)
 
 
-def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-  """The identity fields on which a checkpoint's config and `config` differ, as readable lines."""
+def config_differences(saved: dict[str, Any], config: TrainConfig,
+                       source: str = "checkpoint") -> list[str]:
+  """The identity fields on which a saved config (of a checkpoint, or config.json: `source`) and
+  `config` differ, as readable lines."""
   current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, like the saved JSON
   out = []
   for name in IDENTITY_FIELDS:
     if saved.get(name) != current[name]:
-      out.append(f"{name}: checkpoint {saved.get(name)!r}, now {current[name]!r}")
+      out.append(f"{name}: {source} {saved.get(name)!r}, now {current[name]!r}")
   for name in IDENTITY_DATA_FIELDS:
     was, now = saved.get("data", {}).get(name), current["data"][name]
     if was != now:
-      out.append(f"data.{name}: checkpoint {was!r}, now {now!r}")
+      out.append(f"data.{name}: {source} {was!r}, now {now!r}")
   return out
-
-
-RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp", "summary.json",
-             "config.json", "curves.png")
-
-
-def clear_run_folder(workdir: pathlib.Path) -> None:
-  """Deletes what a run writes into `workdir` (and nothing else the folder may hold)."""
-  import shutil  # pylint: disable=import-outside-toplevel
-  for name in RUN_FILES:
-    path = workdir / name
-    if path.is_dir():
-      shutil.rmtree(path)
-    elif path.exists():
-      path.unlink()
 
 
 def _host(tree):
@@ -168,10 +157,55 @@ def _host(tree):
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
-  """Trains and evaluates as `config` says; returns {"records", "summary", "state"}."""
-  # Devices and hosts.
+  """Trains and evaluates as `config` says; returns {"records", "summary", "state"}.
+
+  Nothing is written before the config and the data source check out; the run folder is then
+  owned by this run (a lock, see `rundir`) until it returns or fails."""
+  config.validate()
+  if config.resume and config.overwrite:
+    raise RunError("--resume and --overwrite exclude each other: continue the run in the workdir, "
+                   "or delete it and start afresh")
+  pipeline.locate(dataclasses.replace(config.data, dataset=config.dataset))  # a missing release
+  if config.resume and not rundir.held_run_files(config.workdir):  # before creating the folder
+    _claim_run_folder(config, pathlib.Path(config.workdir), is_main=False)
   if config.multihost:
     jax.distributed.initialize()
+  with contextlib.ExitStack() as held:
+    if jax.process_index() == 0:  # multi-host runs lock from process 0
+      held.enter_context(rundir.RunFolderLock(config.workdir))
+    return _run(config)
+
+
+def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path, is_main: bool) -> None:
+  """Applies the run folder policy: a folder holding a run is continued only with --resume,
+  cleared only with --overwrite; --resume needs a run to continue."""
+  if config.overwrite and is_main:
+    rundir.clear(workdir)
+  if config.multihost and config.overwrite:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("mtan_jax: run folder cleared")
+  held = rundir.held_run_files(workdir)
+  if held and not config.resume:
+    raise RunError(f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue "
+                   f"it, --overwrite to delete it and start afresh, or choose another --workdir")
+  if config.resume and not held:
+    raise RunError(f"--resume: {workdir} holds no run to continue (no config.json, metrics.jsonl "
+                   f"or checkpoint); check --workdir, or leave out --resume to start a run there")
+  saved = workdir / "config.json"
+  if config.resume and saved.is_file():
+    try:
+      differences = config_differences(json.loads(saved.read_text()), config, "config.json")
+    except (ValueError, OSError) as error:
+      raise RunError(f"{saved} cannot be read ({error}); it describes the run to continue"
+                     ) from error
+    if differences:
+      raise RunError(f"cannot resume {workdir}: it holds a run of another configuration:\n  "
+                     + "\n  ".join(differences))
+
+
+def _run(config: TrainConfig) -> dict[str, Any]:
+  """`run` once the run folder is owned."""
+  # Devices and hosts.
   devices = jax.local_devices()
   pmap_devices = None  # all devices of all processes, each process feeding its local ones
   if config.devices > 0:
@@ -184,31 +218,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
   # The run folder.
   workdir = pathlib.Path(config.workdir)
-  if config.resume and config.overwrite:
-    raise RunError("--resume and --overwrite exclude each other: continue the run in the workdir, "
-                   "or delete it and start afresh")
-  if config.overwrite and is_main:
-    clear_run_folder(workdir)
-  if config.multihost and config.overwrite:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("mtan_jax: run folder cleared")
-  workdir.mkdir(parents=True, exist_ok=True)
-  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-  latest = checkpoints.latest()
-  position = checkpoints.record(latest) if latest is not None else {}
-  if latest is not None and not config.resume:
-    checkpoints.close()
-    raise RunError(f"{workdir} already holds a run ({_describe(position)}); pass --resume to "
-                   f"continue it, --overwrite to delete it and start afresh, or choose another "
-                   f"--workdir")
-  if latest is not None:
-    differences = config_differences(position["config"], config)
-    if differences:
-      checkpoints.close()
-      raise RunError(f"cannot resume {workdir}: the checkpoint was made with another "
-                     f"configuration:\n  " + "\n  ".join(differences))
-  if is_main:
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+  _claim_run_folder(config, workdir, is_main)
 
   # Data.
   tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
@@ -229,20 +239,31 @@ def run(config: TrainConfig) -> dict[str, Any]:
       config.steps_per_epoch, len(train_loader))
 
   # Model, weighting, optimizer.
-  if config.bn_statistics not in ("global", "device"):
-    raise ValueError(f"bn_statistics: expected 'global' or 'device', found "
-                     f"{config.bn_statistics!r}")
   model = build_model(config.model, tasks, width_mult=config.width_mult, dtype=config.dtype,
                       bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
   weighting = weighting_lib.build(config.weighting, tasks, temperature=config.temperature)
   halve_steps = config.lr_halve_epoch * steps_per_epoch
   optimizer = step_lib.make_optimizer(config.lr, halve_steps)
 
-  # State: fresh, or the latest checkpoint.
-  state = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
-                                      config.seed)
-  if latest is not None:
-    state = checkpoints.restore(latest, state)
+  # State: fresh, or the newest intact checkpoint (damaged ones are said and moved aside).
+  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+  try:
+    like = jax.eval_shape(lambda: step_lib.create_train_state(
+        model, weighting, optimizer, config.resolution, config.seed))
+    restored = checkpoints.restore_intact(
+        like, say, check_record=functools.partial(_check_checkpoint, config=config),
+        move_damaged=is_main)
+    if is_main:
+      (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+  except BaseException:
+    checkpoints.close()
+    raise
+  if restored is None:
+    position = {}
+    state = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
+                                        config.seed)
+  else:
+    _, state, position = restored
     say(f"Resuming {workdir}: {_describe(position)}.")
   start_epoch = int(state.epoch)
   start_step = position.get("step_in_epoch", 0)
@@ -267,6 +288,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
       f"{config.weighting} weighting, {steps_per_epoch} steps per epoch, global batch "
       f"{config.batch_size} on {global_devices} device(s), epochs {start_epoch}..{config.epochs}")
   stop = StopOnSignal()
+  failed = True
   try:
     stop.__enter__()
     for epoch in range(start_epoch, config.epochs):
@@ -334,6 +356,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
             f"{signal.Signals(stop.signal_number).name}: stopped after epoch {epoch}; saved in "
             f"{checkpoints.directory}. Continue with the same command and --resume "
             f"(--workdir={workdir}).", stop.signal_number)
+    failed = False
   except jax.errors.JaxRuntimeError as error:  # an allocation failed (compiling or running)
     explained = explain_out_of_memory(error, f"epoch {epoch}", train.advice)
     if explained is None:
@@ -341,7 +364,11 @@ def run(config: TrainConfig) -> dict[str, Any]:
     raise explained from error
   finally:
     stop.__exit__()
-    checkpoints.close()
+    try:
+      checkpoints.close()  # waits for the last save: its failure is the run's, unless one is
+    except checkpoint_lib.CheckpointError:  # already on its way out
+      if not failed:
+        raise
     log.close()
     train_loader.close()
     for loader in eval_loaders.values():
@@ -361,6 +388,14 @@ def run(config: TrainConfig) -> dict[str, Any]:
     except Exception as error:  # pylint: disable=broad-except  (the run itself is complete)
       say(f"warning: could not draw {workdir / 'curves.png'}: {type(error).__name__}: {error}")
   return {"records": records, "summary": summary, "state": _host(state)}
+
+
+def _check_checkpoint(record: dict[str, Any], config: TrainConfig) -> None:
+  """Refuses to resume from a checkpoint made with another run-defining configuration."""
+  differences = config_differences(record["config"], config)
+  if differences:
+    raise RunError("cannot resume: the checkpoint was made with another configuration:\n  "
+                   + "\n  ".join(differences))
 
 
 def _describe(position: dict[str, Any]) -> str:

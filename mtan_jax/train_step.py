@@ -106,6 +106,13 @@ def _task_losses(tasks, outputs, batch, axis_name):
       *losses_lib.task_loss_sums(t, outputs[t.name], batch[t.name]), axis_name) for t in tasks}
 
 
+def _all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite (integer leaves, e.g. counts, pass)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                weighting: Weighting, optimizer: optax.GradientTransformation, tasks,
                sync_batch_stats: bool, remat: bool = False,
@@ -119,7 +126,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   step instead of 19.8 at batch 2).
 
   Returns the new state and {"loss": the weighted objective, "task_losses": {task: global mean},
-  "skipped": True when the step was not applied (non-finite loss or gradient), "weights": {task:
+  "skipped": True when the step was not applied (non-finite loss, gradient or update), "weights": {task:
   weight}, "sums": metric sums of the training predictions}.
   """
   devices = jax.lax.axis_size(axis_name)
@@ -146,12 +153,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   with jax.named_scope("optimizer"):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-  # A non-finite loss or gradient anywhere skips the step on every device: parameters, optimizer,
-  # statistics and weighting state stay as they were (the step counter still moves, so the data
-  # and learning-rate schedules stay aligned with an uninterrupted run).
+  # A non-finite loss, gradient or updated state anywhere skips the step on every device:
+  # parameters, optimizer, statistics and weighting state stay as they were (the step counter still
+  # moves, so the data and learning-rate schedules stay aligned with an uninterrupted run). The
+  # updated state is checked too: finite gradients can still make non-finite parameters (an
+  # overflowing update, a NaN learning rate), and a checkpoint must never hold them.
   with jax.named_scope("skip_non_finite"):
-    finite = jnp.isfinite(total) & jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    finite = jnp.isfinite(total) & _all_finite(grads) & _all_finite(
+        (params, opt_state, batch_stats))
     finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
     keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
         lambda a, b: jnp.where(finite, a, b), new, old)

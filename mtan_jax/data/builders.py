@@ -11,17 +11,39 @@ that fails (bad input, interruption) leaves nothing that a later run would take 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
 import pathlib
+import re
+import shutil
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
 
 TFDS_SPLITS = {"train": "train", "test": "val"}  # TFDS split -> release folder
+
+
+class _DropConfigNotices(logging.Filter):
+  """TFDS warns about every config made at run time ("Using custom data configuration ...",
+  "Variant folder ... has no dataset_info.json"); each release folder and synthetic size has one."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Using custom data configuration")
+                or (message.startswith("Variant folder") and "has no dataset_info" in message))
+
+
+logging.getLogger("absl").addFilter(_DropConfigNotices())
 
 
 def _features(layout: release.Layout, height: int, width: int) -> tfds.features.FeaturesDict:
@@ -32,7 +54,28 @@ def _features(layout: release.Layout, height: int, width: int) -> tfds.features.
   return tfds.features.FeaturesDict(features)
 
 
-class _ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _QuietBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """TFDS' own build messages ("Downloading and preparing dataset Unknown size ...") mislead for a
+  local build: `prepare` says what is built, from where and into where, and each split shows a
+  progress bar over its examples (`progress=False`: none)."""
+
+  def __init__(self, *, progress: bool = True, **kwargs):
+    self._progress = progress
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+  def _examples_progress(self, count: int, split: str):
+    return tqdm.tqdm(total=count, desc=f"building {split}", unit=" examples", leave=False,
+                     file=sys.stderr, disable=not self._progress, dynamic_ncols=True)
+
+
+class _ReleaseBuilder(_QuietBuilder, skip_registration=True):
   """Shared logic: scan every split first (cheap header checks), then write with value checks."""
 
   LAYOUT: release.Layout
@@ -40,7 +83,6 @@ class _ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, release_dir: str | None = None, **kwargs):
     self._release_dir = release_dir
-    kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
   def _resolution(self) -> tuple[int, int]:
@@ -54,15 +96,17 @@ class _ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self._release_dir is None:
       raise release.ReleaseError(f"{self.name}: no release folder given; expected "
                                  f"{self.LAYOUT.describe('RELEASE_DIR')}")
-    counts = {split: release.scan(self.LAYOUT, self._release_dir, folder, *self._resolution())
-              for split, folder in TFDS_SPLITS.items()}
-    return {split: self._generate_examples(TFDS_SPLITS[split], counts[split]) for split in counts}
+    counts = release.scan(self.LAYOUT, self._release_dir, *self._resolution()).counts
+    return {split: self._generate_examples(folder, counts[folder])
+            for split, folder in TFDS_SPLITS.items()}
 
   def _generate_examples(self, folder: str, count: int):
-    for i in range(count):
-      example = release.load_example(self.LAYOUT, self._release_dir, folder, i)
-      example["index"] = np.int32(i)
-      yield i, example
+    with self._examples_progress(count, folder) as progress:
+      for i in range(count):
+        example = release.load_example(self.LAYOUT, self._release_dir, folder, i)
+        example["index"] = np.int32(i)
+        yield i, example
+        progress.update(1)
 
 
 @dataclasses.dataclass
@@ -114,17 +158,13 @@ def synthetic_config(variant: str = "indoor", height: int = 288, width: int = 38
                          num_train=num_train, num_test=num_test, seed=seed)
 
 
-class MtanSynthetic(tfds.core.GeneratorBasedBuilder):
+class MtanSynthetic(_QuietBuilder):
   """The built-in synthetic scenes, with the features of the NYUv2 (indoor) or CityScapes (street)
   release, so that every dataset flows through one path. Test examples use indices after the train
   ones, so the two splits never share a scene."""
 
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [synthetic_config()]
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
   @property
   def layout(self) -> release.Layout:
@@ -143,27 +183,39 @@ class MtanSynthetic(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, first: int, count: int):
     c = self.builder_config
     render = synthetic.render_indoor if c.variant == "indoor" else synthetic.render_street
-    for i in range(count):
-      sample = render(c.seed, first + i, c.height, c.width)
-      example = {f.name: sample[f.name].astype(f.storage_dtype) for f in self.layout.fields}
-      example["index"] = np.int32(first + i)
-      yield i, example
+    with self._examples_progress(count, "train" if first == 0 else "test") as progress:
+      for i in range(count):
+        sample = render(c.seed, first + i, c.height, c.width)
+        example = {f.name: sample[f.name].astype(f.storage_dtype) for f in self.layout.fields}
+        example["index"] = np.int32(first + i)
+        yield i, example
+        progress.update(1)
+
+
+def release_config(height: int, width: int, release_root: pathlib.Path) -> ResolutionConfig:
+  """The config of one release folder at one resolution: each resolved folder gets its own built
+  dataset (`288x384_<folder name>_<hash of its path>`), so two folders live side by side."""
+  key = hashlib.sha256(str(release_root).encode()).hexdigest()[:10]
+  slug = re.sub(r"[^A-Za-z0-9]+", "_", release_root.name).strip("_")[:40] or "root"
+  return ResolutionConfig(name=f"{height}x{width}_{slug}_{key}", height=height, width=width)
 
 
 def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | None = None,
             resolution: tuple[int, int] | None = None, synthetic_size: tuple[int, int] = (795, 654),
-            seed: int = 0) -> tfds.core.DatasetBuilder:
+            seed: int = 0, progress: bool = True) -> tfds.core.DatasetBuilder:
   """The builder for `dataset` ("nyuv2" or "cityscapes"): the release in `release_dir`, or, when it
   is None, the synthetic scenes of the same kind (indoor for NYUv2, street for CityScapes).
 
   Args:
     dataset: "nyuv2" or "cityscapes".
     data_dir: where built datasets live (TFDS' default, ~/tensorflow_datasets, when None).
-    release_dir: the release folder, or None for synthetic scenes.
+    release_dir: the release folder, or None for synthetic scenes. Each resolved folder has a
+      built dataset of its own.
     resolution: (height, width); defaults 288x384 (NYUv2) and 128x256 (CityScapes). A release
       comes in fixed resolutions; synthetic scenes take any multiple of 32.
     synthetic_size: (train, test) example counts of synthetic scenes.
     seed: synthetic scenes' seed.
+    progress: a progress bar over the examples while building.
   """
   if dataset not in release.LAYOUTS:
     raise ValueError(f"dataset: expected one of {tuple(release.LAYOUTS)}, found {dataset!r}")
@@ -171,18 +223,116 @@ def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | Non
   if release_dir is None:
     config = synthetic_config("indoor" if dataset == "nyuv2" else "street", height, width,
                               *synthetic_size, seed=seed)
-    return MtanSynthetic(config=config, data_dir=data_dir)
+    return MtanSynthetic(config=config, data_dir=data_dir, progress=progress)
   cls = MtanNyuv2 if dataset == "nyuv2" else MtanCityscapes
-  names = [c.name for c in cls.BUILDER_CONFIGS]
-  if f"{height}x{width}" not in names:
-    raise ValueError(f"{dataset} release resolution: expected one of {names}, found "
-                     f"{height}x{width}")
-  return cls(config=f"{height}x{width}", data_dir=data_dir,
-             release_dir=str(pathlib.Path(release_dir).expanduser()))
+  published = [c.name for c in cls.BUILDER_CONFIGS]
+  if f"{height}x{width}" not in published:
+    raise release.ReleaseError(f"{dataset} release resolution: the release comes in "
+                               f"{' and '.join(published)}, found {height}x{width} (--resolution)")
+  root = pathlib.Path(release_dir).expanduser().absolute().resolve()
+  return cls(config=release_config(height, width, root), data_dir=data_dir,
+             release_dir=str(root), progress=progress)
 
 
-def prepare(dataset: str, **kwargs) -> tfds.core.DatasetBuilder:
-  """`builder(...)`, built if it is not already (see `builder` for the arguments)."""
+PROVENANCE = "mtan_provenance.json"  # in a built release dataset: the files it was built from
+
+
+@dataclasses.dataclass
+class Source:
+  """A dataset as a run will read it: its builder, the release's files (None for synthetic
+  scenes) and the state of the built copy ("up to date", "not built", or "out of date: ...")."""
+
+  builder: tfds.core.DatasetBuilder
+  listing: release.ReleaseFiles | None
+  status: str
+  changes: list[str] = dataclasses.field(default_factory=list)
+
+  def describe(self) -> str:
+    """One line: where the data comes from and which built dataset is read."""
+    built = pathlib.Path(self.builder.data_dir)
+    if self.listing is None:
+      return f"built dataset {built} ({self.status})"
+    counts = " + ".join(f"{n} {split}" for split, n in self.listing.counts.items())
+    return (f"release {self.listing.root} ({counts} examples, {len(self.listing.files)} files "
+            f"checked), built dataset {built} ({self.status})")
+
+
+def locate(dataset: str, **kwargs) -> Source:
+  """Checks the release folder (names, sizes, modification times: cheap) and compares it with the
+  built dataset's record of the files it was built from; builds nothing. Raises ReleaseError for a
+  missing folder, split, field folder or file."""
   b = builder(dataset, **kwargs)
-  b.download_and_prepare()
+  if kwargs.get("release_dir") is None:
+    return Source(b, None, "up to date" if b.is_prepared() else "not built")
+  listing = release.list_files(b.LAYOUT, kwargs["release_dir"])
+  if not b.is_prepared():
+    return Source(b, listing, "not built")
+  recorded = _read_provenance(b)
+  if recorded is None:
+    return Source(b, listing, "out of date: no record of the files it was built from",
+                  ["no record of the files it was built from"])
+  if recorded.get("fingerprint") == listing.fingerprint:
+    return Source(b, listing, "up to date")
+  changes = listing.changes(recorded.get("files", {}))
+  return Source(b, listing, f"out of date: {len(changes)} file(s) changed since it was built",
+                changes)
+
+
+def _read_provenance(b) -> dict | None:
+  try:
+    return json.loads((pathlib.Path(b.data_dir) / PROVENANCE).read_text())
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(b):
+  """Holds an OS lock on the dataset's config while it is checked and built, so that two runs
+  starting together build it once (the second waits, then finds it built)."""
+  config_dir = pathlib.Path(b.data_dir).parent
+  config_dir.parent.mkdir(parents=True, exist_ok=True)
+  with open(config_dir.parent / f"{config_dir.name}.lock", "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
+  """`builder(...)`, built if it is not, or rebuilt if its release's files changed since the build
+  (see `builder` for the arguments). `say` reports what is built, from where and into where."""
+  tfds.display_progress_bar(False)  # our own bar counts examples; TFDS' counts shards and bytes
+  source = locate(dataset, **kwargs)
+  with _build_lock(source.builder):
+    source = locate(dataset, **kwargs)  # another process may have built it meanwhile
+    if source.status == "up to date":
+      return source.builder
+    b, listing = source.builder, source.listing
+    if source.changes:
+      shown = "\n  ".join(source.changes[:5])
+      more = f"\n  ... and {len(source.changes) - 5} more" if len(source.changes) > 5 else ""
+      say(f"The built dataset {b.data_dir} is out of date, rebuilding it:\n  {shown}{more}")
+      shutil.rmtree(b.data_dir)
+      b = builder(dataset, **kwargs)
+    if listing is None:
+      say(f"Building the synthetic {b.builder_config.variant} scenes {b.builder_config.name} into "
+          f"{b.data_dir} (once)")
+      b.download_and_prepare()
+      return b
+    counts = " + ".join(f"{n} {split}" for split, n in listing.counts.items())
+    say(f"Building the {dataset} release {listing.root} ({counts} examples) into {b.data_dir} "
+        f"(once per release folder and resolution; again if its files change)")
+    b.download_and_prepare()
+    after = release.list_files(b.LAYOUT, listing.root)
+    if after.fingerprint != listing.fingerprint:
+      shutil.rmtree(b.data_dir)
+      changes = after.changes({k: list(v) for k, v in listing.files.items()})
+      raise release.ReleaseError(f"{listing.root} changed while it was being built ("
+                                 f"{'; '.join(changes[:3])}); nothing was kept: run again")
+    record = {"release_dir": str(listing.root), "fingerprint": listing.fingerprint,
+              "counts": listing.counts, "files": listing.files}
+    temporary = pathlib.Path(b.data_dir) / (PROVENANCE + ".tmp")
+    temporary.write_text(json.dumps(record))
+    temporary.replace(pathlib.Path(b.data_dir) / PROVENANCE)
   return b

@@ -130,6 +130,18 @@ class TaskSource:
       raise DataError(f"{self.where(k)}{made_from}, field {name!r}: {problem}")
 
 
+def _builder_args(config: DataConfig) -> dict:
+  return dict(data_dir=config.data_dir, release_dir=config.release_dir,
+              resolution=config.resolution, synthetic_size=config.synthetic_size,
+              seed=config.synthetic_seed)
+
+
+def locate(config: DataConfig) -> builders.Source:
+  """The configured dataset as a run will read it, checked (a release folder's files are listed:
+  cheap) but not built: which built dataset, from where, and whether it is up to date."""
+  return builders.locate(config.dataset, **_builder_args(config))
+
+
 def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
                prepare: bool = True) -> TaskSource:
   """One split ("train", "validation" or "test") of the configured dataset, built if needed.
@@ -142,9 +154,7 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ValueError(f"validation_fraction: expected a number in [0, 1), found "
                      f"{config.validation_fraction}")
-  kwargs = dict(data_dir=config.data_dir, release_dir=config.release_dir,
-                resolution=config.resolution, synthetic_size=config.synthetic_size,
-                seed=config.synthetic_seed)
+  kwargs = _builder_args(config)
   b = builders.prepare(config.dataset, **kwargs) if prepare else builders.builder(
       config.dataset, **kwargs)
   source = b.as_data_source()["test" if split == "test" else "train"]
@@ -164,7 +174,7 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
   shards = list(zip((str(p) for p in info.filepaths), info.shard_lengths))
   folder = builders.TFDS_SPLITS["test" if split == "test" else "train"]
   origin = ("synthetic scene {index}" if config.release_dir is None else
-            f"{config.release_dir}/{folder}/*/{{index}}.npy")
+            f"{pathlib.Path(config.release_dir).expanduser().resolve()}/{folder}/*/{{index}}.npy")
   return TaskSource(source, positions, tasks, label_field, shards, classes, origin)
 
 

@@ -13,8 +13,11 @@ Every problem is reported with the file, the field, what was expected and what w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import pathlib
 import re
+import stat
 
 import numpy as np
 
@@ -90,35 +93,99 @@ def _dtype_ok(field: Field, dtype: np.dtype) -> bool:
   return dtype.kind == "f"
 
 
-def scan(layout: Layout, root, split: str, height: int, width: int) -> int:
-  """Checks the files of one split (names, presence, shapes, dtypes) and returns N.
+@dataclasses.dataclass(frozen=True)
+class ReleaseFiles:
+  """What a release folder holds, from names and `stat` alone (cheap enough for every run).
 
-  Reads only the .npy headers; values are checked by `load_example` while building.
+  Attributes:
+    root: the folder, resolved (absolute, symbolic links followed).
+    counts: examples per split folder ({"train": 795, "val": 654}).
+    files: every file as `split/field/<i>.npy` -> (size in bytes, modification time in ns).
   """
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise ReleaseError(f"{layout.name} release folder {root} does not exist; expected "
-                       f"{layout.describe(root)}")
-  split_dir = root / split
-  if not split_dir.is_dir():
-    raise ReleaseError(f"{layout.name} release: split folder {split_dir} is missing; expected "
-                       f"{layout.describe(root)}")
-  indices = {}
-  for field in layout.fields:
-    folder = split_dir / field.name
-    if not folder.is_dir():
-      raise ReleaseError(f"{layout.name} release: folder {folder} (field {field.name!r}) is "
-                         f"missing; expected {layout.describe(root)}")
-    names = [p.name for p in folder.iterdir() if p.suffix == ".npy"]
-    odd = sorted(n for n in names if not _INDEX.match(n))
-    if odd:
-      raise ReleaseError(f"{folder}: expected files named <i>.npy (i = 0, 1, ...), found "
-                         f"{odd[:5]}")
-    indices[field.name] = {int(n[:-4]) for n in names}
+
+  root: pathlib.Path
+  counts: dict[str, int]
+  files: dict[str, tuple[int, int]]
+
+  @property
+  def fingerprint(self) -> str:
+    """A hash of every file's name, size and modification time: another folder or a file changed
+    (rewritten, touched, resized) gives another fingerprint."""
+    digest = hashlib.sha256()
+    for name in sorted(self.files):
+      size, mtime = self.files[name]
+      digest.update(f"{name}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest()
+
+  def changes(self, recorded: dict[str, list[int]]) -> list[str]:
+    """What differs from an earlier listing (`files` as JSON), one readable line per file."""
+    out = []
+    for name in sorted(set(recorded) | set(self.files)):
+      was, now = recorded.get(name), self.files.get(name)
+      if was is None:
+        out.append(f"{self.root / name}: added")
+      elif now is None:
+        out.append(f"{self.root / name}: removed")
+      elif tuple(was) != tuple(now):
+        out.append(f"{self.root / name}: changed (size {was[0]} -> {now[0]} bytes, modified "
+                   f"{'at another time' if was[1] != now[1] else 'at the same time'})")
+    return out
+
+
+def list_files(layout: Layout, root) -> ReleaseFiles:
+  """Checks that `root` has the layout's split and field folders, each field folder holding the
+  same `<i>.npy` files (i = 0..N-1), every one a readable regular file; lists them with their sizes
+  and modification times. Reads no file's contents."""
+  given = pathlib.Path(root).expanduser()
+  if given.exists() and not given.is_dir():
+    raise ReleaseError(f"{layout.name} release folder {given} is a file, not a folder; expected "
+                       f"{layout.describe(given)}")
+  if not given.is_dir():
+    raise ReleaseError(f"{layout.name} release folder {given} does not exist; expected "
+                       f"{layout.describe(given)}")
+  root = given.resolve()
+  counts, files = {}, {}
+  for split in layout.splits:
+    split_dir = root / split
+    if not split_dir.is_dir():
+      raise ReleaseError(f"{layout.name} release: split folder {split_dir} is missing; expected "
+                         f"{layout.describe(root)}")
+    entries = {}
+    for field in layout.fields:
+      folder = split_dir / field.name
+      if not folder.is_dir():
+        raise ReleaseError(f"{layout.name} release: folder {folder} (field {field.name!r}) is "
+                           f"missing; expected {layout.describe(root)}")
+      found = {e.name: e for e in os.scandir(folder) if e.name.endswith(".npy")}
+      odd = sorted(n for n in found if not _INDEX.match(n))
+      if odd:
+        raise ReleaseError(f"{folder}: expected files named <i>.npy (i = 0, 1, ...), found "
+                           f"{odd[:5]}")
+      entries[field.name] = {int(n[:-4]): e for n, e in found.items()}
+    count = _check_same_examples(layout, split_dir, {f: set(e) for f, e in entries.items()})
+    counts[split] = count
+    for field in layout.fields:
+      for i in range(count):
+        entry = entries[field.name][i]
+        try:
+          info = entry.stat()  # follows a symbolic link
+        except OSError as error:
+          raise ReleaseError(f"{entry.path}: field {field.name!r} cannot be read "
+                             f"({error.strerror or error})") from error
+        if not stat.S_ISREG(info.st_mode) or not os.access(entry.path, os.R_OK):
+          what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "not readable"
+          raise ReleaseError(f"{entry.path}: field {field.name!r} cannot be read ({what})")
+        files[f"{split}/{field.name}/{i}.npy"] = (info.st_size, info.st_mtime_ns)
+  return ReleaseFiles(root, counts, files)
+
+
+def _check_same_examples(layout: Layout, split_dir: pathlib.Path,
+                         indices: dict[str, set[int]]) -> int:
+  """The example count of a split whose field folders hold the same indices 0..N-1."""
   count = len(indices[layout.fields[0].name])
   if count == 0:
     raise ReleaseError(f"{split_dir / layout.fields[0].name}: no <i>.npy files; expected "
-                       f"{layout.describe(root)}")
+                       f"{layout.describe(split_dir.parent)}")
   expected = set(range(count))
   problems = []
   for field in layout.fields:
@@ -132,20 +199,30 @@ def scan(layout: Layout, root, split: str, height: int, width: int) -> int:
                       f"of {split_dir / layout.fields[0].name}, e.g. "
                       f"{[f'{i}.npy' for i in extra[:5]]}")
   if problems:
-    raise ReleaseError(f"{layout.name} release, split {split!r}: the field folders do not hold "
-                       f"the same examples (counted {count} in "
+    raise ReleaseError(f"{layout.name} release, split {split_dir.name!r}: the field folders do "
+                       f"not hold the same examples (counted {count} in "
                        f"{layout.fields[0].name}/):\n  " + "\n  ".join(problems))
-  for i in range(count):
-    for field in layout.fields:
-      path = split_dir / field.name / f"{i}.npy"
-      shape, dtype = _header(path)
-      want = field.shape(height, width)
-      if shape != want:
-        raise ReleaseError(f"{path}: field {field.name!r} expected shape {want}, found {shape}")
-      if not _dtype_ok(field, dtype):
-        wanted = "a float or integer dtype" if field.kind == "label" else "a float dtype"
-        raise ReleaseError(f"{path}: field {field.name!r} expected {wanted}, found {dtype}")
   return count
+
+
+def scan(layout: Layout, root, height: int, width: int) -> ReleaseFiles:
+  """`list_files`, then every file's .npy header (shape, dtype) against the layout.
+
+  Reads only the headers; values are checked by `load_example` while building.
+  """
+  listing = list_files(layout, root)
+  for split, count in listing.counts.items():
+    for i in range(count):
+      for field in layout.fields:
+        path = listing.root / split / field.name / f"{i}.npy"
+        shape, dtype = _header(path)
+        want = field.shape(height, width)
+        if shape != want:
+          raise ReleaseError(f"{path}: field {field.name!r} expected shape {want}, found {shape}")
+        if not _dtype_ok(field, dtype):
+          wanted = "a float or integer dtype" if field.kind == "label" else "a float dtype"
+          raise ReleaseError(f"{path}: field {field.name!r} expected {wanted}, found {dtype}")
+  return listing
 
 
 def check_values(field: Field, array: np.ndarray, where: str) -> np.ndarray:
