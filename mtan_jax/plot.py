@@ -52,15 +52,19 @@ def _save(fig, output) -> pathlib.Path:
 
 def curves(run_dirs: Sequence, output, split: str = "test") -> pathlib.Path:
   """One PNG: a panel per task metric (rows: tasks, columns: that task's metrics), epochs on x, a
-  line per run labelled 'model / weighting'. `split`: "test", "validation" or "train"."""
-  runs = [runs_lib.load_run(d) for d in run_dirs]
+  line per run labelled 'model / weighting'. `split`: "test", "validation" or "train". Runs
+  without epochs or with damaged files are skipped with a warning; runs of one dataset only."""
+  runs = runs_lib.load_runs(run_dirs, split)  # bad or empty runs skipped, each with a warning
+  datasets = {}
+  for run in runs:
+    datasets.setdefault(run.config.dataset, []).append(str(run.path))
+  if len(datasets) > 1:
+    raise ValueError("runs of different datasets cannot share panels (their tasks and metrics "
+                     "differ): " + "; ".join(f"{d}: {', '.join(paths)}"
+                                             for d, paths in datasets.items())
+                     + "; plot each dataset's runs separately")
   tasks = []
   for run in runs:
-    if not run.records:
-      raise ValueError(f"{run.path / 'metrics.jsonl'}: no epoch recorded yet")
-    if split not in run.records[-1]:
-      raise ValueError(f"{run.path / 'metrics.jsonl'}: no {split!r} metrics (found "
-                       f"{sorted(k for k in run.records[-1] if isinstance(run.records[-1][k], dict))})")
     tasks += [t.name for t in run.tasks if t.name not in tasks]
   rows = [(task, metrics_lib.TASK_METRICS[task]) for task in tasks]
   columns = max(len(metrics) for _, metrics in rows)

@@ -274,8 +274,9 @@ def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:
 
 
 def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
-  """The Markdown report of `run_dirs`: a table per dataset."""
-  runs = [runs_lib.load_run(d) for d in run_dirs]
+  """The Markdown report of `run_dirs`: a table per dataset. Bad or empty runs are skipped, each
+  with a warning; a run with fewer epochs than the mean takes (still running) is noted."""
+  runs = runs_lib.load_runs(run_dirs, split)
   by_dataset: dict[str, list[runs_lib.Run]] = {}
   for run in runs:
     by_dataset.setdefault(run.config.dataset, []).append(run)
@@ -296,8 +297,12 @@ def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
     columns = [(t.name, m) for t in tasks_lib.dataset_tasks(dataset, None,
                                                             members[0].config.data.num_classes)
                if t.name in present for m in metrics_lib.TASK_METRICS[t.name]]
+    short = [f"{run.path} ({count})" for run in members
+             if (count := sum(split in r for r in run.records)) < runlog.LAST_EPOCHS]
+    note = (f"\n\nFewer than {runlog.LAST_EPOCHS} epochs (still running, or stopped early; the "
+            f"mean is over those): {', '.join(short)}." if short else "")
     parts.append(f"## {dataset} ({split} split, mean of the last {runlog.LAST_EPOCHS} epochs)\n\n"
-                 + table(rows, columns))
+                 + table(rows, columns) + note)
   return "\n\n".join(parts) + "\n"
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from mtan_jax import metrics as metrics_lib
 
 LAST_EPOCHS = 10  # the paper reports the mean of the last 10 epochs
+DROPPED = "metrics_dropped.jsonl"  # lines metrics.jsonl lost on a resume (epochs redone)
 
 
 def json_safe(value):
@@ -45,16 +46,22 @@ class RunLog:
       self._writer = SummaryWriter(str(self.workdir / "tensorboard"))
 
   def _keep_epochs_before(self, first_epoch: int) -> None:
+    """Keeps the epochs before `first_epoch`; the lines dropped (epochs to be redone, a line cut
+    short) are appended to metrics_dropped.jsonl, so nothing a run logged is lost."""
     path = self.workdir / "metrics.jsonl"
     if not path.exists():
       return
-    kept = []
+    kept, dropped = [], []
     for line in path.read_text().splitlines():
       try:
-        if json.loads(line)["epoch"] < first_epoch:
-          kept.append(line)
+        keep = json.loads(line)["epoch"] < first_epoch
       except (json.JSONDecodeError, KeyError, TypeError):
-        pass  # a line cut short by a kill
+        keep = False  # a line cut short by a kill
+      (kept if keep else dropped).append(line)
+    if not dropped:
+      return
+    with open(self.workdir / DROPPED, "a") as f:
+      f.write("".join(line + "\n" for line in dropped))
     temporary = path.with_suffix(".jsonl.tmp")
     temporary.write_text("".join(line + "\n" for line in kept))
     temporary.replace(path)  # atomic: a kill now leaves the old file or the new one
@@ -82,15 +89,25 @@ class RunLog:
 
 
 def read_records(workdir) -> list[dict[str, Any]]:
-  """The epochs recorded in `workdir/metrics.jsonl`, in order (the last record of an epoch wins)."""
+  """The epochs recorded in `workdir/metrics.jsonl`, in order (the last record of an epoch wins).
+
+  A last line cut short (a run killed while writing it) is ignored, as training does; a damaged
+  line before it raises ValueError naming the file and the line."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
   by_epoch = {}
-  for line in path.read_text().splitlines():
-    if line.strip():
+  lines = path.read_text().splitlines()
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
       record = json.loads(line)
-      by_epoch[record["epoch"]] = record
+      by_epoch[int(record["epoch"])] = record
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+      if number == len(lines):
+        break
+      raise ValueError(f"{path}, line {number}: not an epoch record ({error})") from error
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import pathlib
 import sys
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -68,6 +68,30 @@ def load_run(path) -> Run:
   return Run(path, TrainConfig.from_dict(values, str(config_file)), runlog.read_records(path))
 
 
+def load_runs(paths: Sequence, split: str = "test",
+              warn: Callable[[str], None] | None = None) -> list[Run]:
+  """The runs of `paths` that have `split` metrics; each other one (no config.json, damaged
+  files, no epoch yet) is skipped with a one-line warning naming it. ValueError if none is left."""
+  warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+  runs, skipped = [], []
+  for path in paths:
+    try:
+      run = load_run(path)
+    except (OSError, ValueError) as error:
+      skipped.append(f"{path}: {error}")
+      warn(f"warning: skipping {path}: {error}")
+      continue
+    if not any(split in record for record in run.records):
+      reason = "no epoch recorded yet" if not run.records else f"no {split!r} metrics recorded"
+      skipped.append(f"{path}: {reason}")
+      warn(f"warning: skipping {path}: {reason} ({run.path / 'metrics.jsonl'})")
+      continue
+    runs.append(run)
+  if not runs:
+    raise ValueError("no run to show: " + "; ".join(skipped) if skipped else "no run folder given")
+  return runs
+
+
 def restore_model(run: Run):
   """(model, {"params", "batch_stats"}) of the run's latest checkpoint, for inference."""
   # Imported here: reading configs and records needs neither models nor checkpoints.
@@ -82,12 +106,17 @@ def restore_model(run: Run):
   optimizer = step_lib.make_optimizer(config.lr, max(config.lr_halve_epoch, 1))
   abstract = jax.eval_shape(lambda: step_lib.create_train_state(
       model, weighting, optimizer, config.resolution, config.seed))
+  if not (run.path / "checkpoints").is_dir():
+    raise FileNotFoundError(f"{run.path / 'checkpoints'}: no checkpoint to read the model from")
   checkpoints = checkpoint_lib.Checkpointer(run.path / "checkpoints", read_only=True)
-  try:
-    latest = checkpoints.latest()
-    if latest is None:
-      raise FileNotFoundError(f"{run.path / 'checkpoints'}: no checkpoint to read the model from")
-    state = checkpoints.restore(latest, abstract)
+  try:  # the newest checkpoint that verifies; damaged ones are said and skipped
+    restored = checkpoints.restore_intact(
+        abstract, lambda text: print(text, file=sys.stderr, flush=True))
+  except checkpoint_lib.CheckpointError as error:
+    raise ValueError(str(error)) from error
   finally:
     checkpoints.close()
+  if restored is None:
+    raise FileNotFoundError(f"{run.path / 'checkpoints'}: no checkpoint to read the model from")
+  state = restored[1]
   return model, {"params": state.params["model"], "batch_stats": state.batch_stats}

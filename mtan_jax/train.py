@@ -227,12 +227,15 @@ def _run(config: TrainConfig) -> dict[str, Any]:
   loader_args = dict(local_devices=len(devices), seed=config.seed, workers=config.workers,
                      process_index=jax.process_index(), process_count=jax.process_count(),
                      depth_power=1 if config.dataset == "nyuv2" else -1)
-  train_loader = pipeline.Loader(pipeline.open_split(data_config, "train", tasks),
+  progress = is_main and config.progress  # also the dataset build's bar, if it is built now
+  train_loader = pipeline.Loader(pipeline.open_split(data_config, "train", tasks,
+                                                     progress=progress),
                                  global_batch_size=config.batch_size, shuffle=True,
                                  augment=config.data.augment, drop_remainder=True, **loader_args)
   eval_batch = config.eval_batch_size or config.batch_size
   eval_splits = ["test"] + (["validation"] if config.data.validation_fraction > 0 else [])
-  eval_loaders = {split: pipeline.Loader(pipeline.open_split(data_config, split, tasks),
+  eval_loaders = {split: pipeline.Loader(pipeline.open_split(data_config, split, tasks,
+                                                            progress=progress),
                                          global_batch_size=eval_batch, **loader_args)
                   for split in eval_splits}
   steps_per_epoch = len(train_loader) if config.steps_per_epoch <= 0 else min(

@@ -1,5 +1,6 @@
 """TFDS builders of the NYUv2 / CityScapes releases, built from small folders in the exact layout."""
 
+import json
 import pathlib
 
 import chex
@@ -170,3 +171,84 @@ def test_a_failed_build_is_rebuilt_from_scratch_once_fixed(tmp_path):
   b = nyu_builder(release, tmp_path / "tfds")
   b.download_and_prepare()
   assert len(b.as_data_source()["train"]) == 3
+
+
+# --- The release folder named is the data read: checked every run, one build per folder ---------
+
+def first_image(source, index=0):
+  """The image of the record built from example `index` of a split's source."""
+  return next(r["image"] for r in source if int(r["index"]) == index)
+
+
+def test_a_build_records_its_folder_and_two_folders_live_side_by_side(tmp_path):
+  a = write_release(tmp_path / "A", NYU_SHAPES, seed=0)
+  b = write_release(tmp_path / "B", NYU_SHAPES, seed=1)
+  said = []
+  for release in (a, b, a):  # in turn: each read sees its own folder's values
+    built = builders.prepare("nyuv2", release_dir=str(release), data_dir=str(tmp_path / "tfds"),
+                             say=said.append, progress=False)
+    np.testing.assert_array_equal(first_image(built.as_data_source()["train"]),
+                                  np.load(release / "train" / "image" / "0.npy"))
+    np.testing.assert_array_equal(first_image(built.as_data_source()["test"], 1),
+                                  np.load(release / "val" / "image" / "1.npy"))
+  # Two builds, one per folder; the third use found A's built.
+  assert len(said) == 2 and all(s.startswith("Building the nyuv2 release ") for s in said)
+  assert f"release {a.resolve()} (3 train + 2 val examples) into " in said[0]
+  assert builders.locate("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds")).status == (
+      "up to date")
+  record = json.loads((pathlib.Path(built.data_dir) / builders.PROVENANCE).read_text())
+  assert record["release_dir"] == str(a.resolve()) and len(record["files"]) == 20
+
+
+def test_a_missing_folder_after_a_build_of_another_stops_naming_it(tmp_path):
+  a = write_release(tmp_path / "A", NYU_SHAPES)
+  builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"), progress=False)
+  for missing, parts in ((tmp_path / "nowhere", ["nowhere", "does not exist"]),
+                         (a / "train" / "image" / "0.npy", ["0.npy is a file, not a folder"])):
+    with pytest.raises(ReleaseError) as error:
+      builders.locate("nyuv2", release_dir=str(missing), data_dir=str(tmp_path / "tfds"))
+    assert all(p in str(error.value) for p in parts), str(error.value)
+  (a / "val" / "depth" / "1.npy").unlink()  # a file of the built folder itself
+  with pytest.raises(ReleaseError, match=r"val/depth: missing 1 file\(s\), e.g. \['1.npy'\]"):
+    builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"))
+
+
+def test_a_file_changed_after_the_build_is_rebuilt_naming_it(tmp_path):
+  a = write_release(tmp_path / "A", NYU_SHAPES)
+  builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"), progress=False)
+  changed = np.load(a / "train" / "image" / "2.npy")
+  changed[:4] = 0.25  # same size: only the modification time tells
+  np.save(a / "train" / "image" / "2.npy", changed)
+  source = builders.locate("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"))
+  assert source.status == "out of date: 1 file(s) changed since it was built"
+  said = []
+  built = builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"),
+                           say=said.append, progress=False)
+  assert "is out of date, rebuilding it" in said[0]
+  assert f"{a.resolve()}/train/image/2.npy: changed (size 1327232 -> 1327232 bytes" in said[0]
+  np.testing.assert_array_equal(first_image(built.as_data_source()["train"], 2), changed)
+
+
+@pytest.mark.parametrize("how", ["dangling_link", "folder"])
+def test_a_file_made_unreadable_after_the_build_stops_naming_it(tmp_path, how):
+  a = write_release(tmp_path / "A", NYU_SHAPES)
+  builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"), progress=False)
+  path = a / "val" / "normal" / "0.npy"
+  path.unlink()
+  if how == "dangling_link":  # unreadable even to root (permissions do not stop root)
+    path.symlink_to(tmp_path / "gone.npy")
+  else:
+    path.mkdir()
+  with pytest.raises(ReleaseError) as error:
+    builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"))
+  assert str(error.value).startswith(f"{path}: field 'normal' cannot be read"), str(error.value)
+
+
+def test_the_build_speaks_in_the_projects_words(tmp_path, capsys):
+  a = write_release(tmp_path / "A", NYU_SHAPES)
+  builders.prepare("nyuv2", release_dir=str(a), data_dir=str(tmp_path / "tfds"))
+  out, err = capsys.readouterr()
+  assert out.startswith(f"Building the nyuv2 release {a.resolve()} (3 train + 2 val examples) "
+                        f"into {tmp_path / 'tfds'}/mtan_nyuv2/288x384_A_")
+  assert "building train" in err and "3/3" in err  # a progress bar over the examples
+  assert "Downloading and preparing" not in out + err and "Unknown size" not in out + err

@@ -114,7 +114,8 @@ def test_the_report_table_holds_the_runs_numbers(runs):
   header = [c.strip() for c in lines[2].strip("|").split("|")]
   assert header == ["#P", "Architecture", "Weighting", "runs", "segmentation mIoU ↑",
                     "segmentation Pix Acc ↑", "depth Abs Err ↓", "depth Rel Err ↓", "Δm % ↑"]
-  rows = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in lines[4:]]
+  rows = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in lines[4:]
+          if line.startswith("|")]  # the table, not the note under it
   assert [r[1:3] for r in rows] == [["One Task", "n.a."], ["↳ paper", "n.a."], ["STAN", "n.a."],
                                     ["↳ paper", "n.a."], ["Split, Standard", "Equal"]]
   one_task, paper_one_task, stan, paper_stan, split = rows
@@ -174,3 +175,47 @@ def test_runs_are_grouped_by_what_they_measure():
   text = report.table(rows, [("segmentation", "miou")])
   assert text.splitlines()[0].startswith("| #P | Architecture | Weighting | Setting | runs |")
   assert "| Equal | lr=0.001 | 1 |" in text
+
+
+def test_a_bad_run_among_many_is_skipped_with_a_warning(runs, tmp_path, capsys):
+  import shutil
+  empty = tmp_path / "empty"  # a run folder without epochs (started, nothing logged yet)
+  empty.mkdir()
+  shutil.copy(runs["split"] / "config.json", empty / "config.json")
+  cut = tmp_path / "cut"  # killed while writing its last line: that line is ignored
+  shutil.copytree(runs["split"], cut)
+  lines = (cut / "metrics.jsonl").read_text().splitlines()
+  (cut / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:40])
+  broken = tmp_path / "broken"  # a damaged line before the last: named with its line number
+  shutil.copytree(runs["split"], broken)
+  (broken / "metrics.jsonl").write_text(lines[0][:40] + "\n" + lines[1] + "\n")
+  not_a_run = tmp_path / "notes"
+  not_a_run.mkdir()
+  capsys.readouterr()
+  text = report.report([runs["split"], empty, cut, broken, not_a_run])
+  warnings = capsys.readouterr().err.strip().splitlines()
+  assert len(warnings) == 3, warnings
+  assert warnings[0] == (f"warning: skipping {empty}: no epoch recorded yet "
+                         f"({empty / 'metrics.jsonl'})")
+  assert warnings[1].startswith(f"warning: skipping {broken}: {broken / 'metrics.jsonl'}, line 1:")
+  assert warnings[2].startswith(f"warning: skipping {not_a_run}: {not_a_run / 'config.json'}: "
+                                f"not found")
+  # The split run and its cut copy (1 epoch) form one row of 2 runs; both have fewer than 10.
+  assert "| Split, Standard | Equal |" in text and "| 2 |" in text
+  assert (f"Fewer than 10 epochs (still running, or stopped early; the mean is over those): "
+          f"{runs['split']} (2), {cut} (1).") in text
+  with pytest.raises(ValueError, match="no run to show"):
+    report.report([empty])
+  plot.curves([runs["split"], empty], tmp_path / "c.png")  # the empty one skipped
+  assert png_size(tmp_path / "c.png") == (2 * 320, 2 * 240)
+
+
+def test_curves_refuse_runs_of_different_datasets_on_one_panel(runs, tmp_path):
+  import shutil
+  city = tmp_path / "city"
+  shutil.copytree(runs["dep"], city)
+  config = json.loads((city / "config.json").read_text())
+  config["dataset"] = "cityscapes"
+  (city / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="runs of different datasets cannot share panels"):
+    plot.curves([runs["dep"], city], tmp_path / "c.png")

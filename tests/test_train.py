@@ -202,8 +202,16 @@ def test_a_run_folder_is_not_overwritten_and_mismatched_resumes_are_refused(tmp_
   with pytest.raises(train.RunError) as error:
     train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2, resume=True, model="mtan",
                           weighting="uncertainty"))
+  assert "model: config.json 'split_standard', now 'mtan'" in str(error.value)
+  assert "weighting: config.json 'dwa', now 'uncertainty'" in str(error.value)
+  # Without config.json the checkpoint's own record of its config refuses it (nothing moved aside).
+  config_json = (tmp_path / "run" / "config.json").read_text()
+  (tmp_path / "run" / "config.json").unlink()
+  with pytest.raises(train.RunError) as error:
+    train.run(tiny_config(tmp_path / "run", tfds_dir, epochs=2, resume=True, model="mtan"))
   assert "model: checkpoint 'split_standard', now 'mtan'" in str(error.value)
-  assert "weighting: checkpoint 'dwa', now 'uncertainty'" in str(error.value)
+  assert not (tmp_path / "run" / "checkpoints_damaged").exists()
+  (tmp_path / "run" / "config.json").write_text(config_json)
   (tmp_path / "run" / "notes.txt").write_text("mine")
   with pytest.raises(train.RunError, match="exclude each other"):
     train.run(tiny_config(tmp_path / "run", tfds_dir, resume=True, overwrite=True))

@@ -143,7 +143,7 @@ def locate(config: DataConfig) -> builders.Source:
 
 
 def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
-               prepare: bool = True) -> TaskSource:
+               prepare: bool = True, progress: bool = True) -> TaskSource:
   """One split ("train", "validation" or "test") of the configured dataset, built if needed.
 
   "validation" is `config.validation_fraction` of the release's train split, chosen by
@@ -154,7 +154,7 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
   if not 0.0 <= config.validation_fraction < 1.0:
     raise ValueError(f"validation_fraction: expected a number in [0, 1), found "
                      f"{config.validation_fraction}")
-  kwargs = _builder_args(config)
+  kwargs = dict(_builder_args(config), progress=progress)
   b = builders.prepare(config.dataset, **kwargs) if prepare else builders.builder(
       config.dataset, **kwargs)
   source = b.as_data_source()["test" if split == "test" else "train"]
