@@ -1,6 +1,6 @@
 """How long the every-run check of a release folder takes at full size.
 
-  python benchmarks/release_check.py                       # a fake NYUv2 release, 795 + 654 per field
+  python benchmarks/release_check.py                      # a fake NYUv2 release: 795 + 654 a field
   python benchmarks/release_check.py --dataset=cityscapes  # 2975 + 500 per field
   python benchmarks/release_check.py --release=~/data/nyuv2   # a real one
 

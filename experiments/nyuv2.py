@@ -8,8 +8,12 @@ TensorBoard events, checkpoints, summary.json).
 """
 
 import os
+import signal
 import sys
 
+# Ctrl-C while the libraries load ends the process quietly (no traceback of an import);
+# cli.main restores Python's handler and says what an interruption leaves behind.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mtan_jax import cli  # noqa: E402

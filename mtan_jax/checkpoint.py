@@ -127,6 +127,8 @@ class Checkpointer:
     if self._unsealed is None:
       return
     folder, self._unsealed = self.directory / str(self._unsealed), None
+    if jax.process_index() != 0:  # one writer of a multi-host checkpoint's checksums
+      return
     if not folder.is_dir():  # removed meanwhile by max_to_keep
       return
     sums = {str(p.relative_to(folder)): [p.stat().st_size, _sha256(p)]

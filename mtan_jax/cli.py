@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import weighting as weighting_lib
@@ -139,14 +141,17 @@ def main(argv: list[str] | None, dataset: str) -> dict:
   from mtan_jax import checkpoint, rundir, train
   from mtan_jax.config import ConfigError
   from mtan_jax.data import DataError, ReleaseError, pipeline
+  if threading.current_thread() is threading.main_thread():  # Ctrl-C as KeyboardInterrupt again
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     config, args = parse(argv, dataset)
     config.validate()
     source = pipeline.locate(dataclasses.replace(config.data, dataset=dataset))
     if config.data.release_dir is None:
       height, width = config.resolution
-      print(f"Training on the built-in synthetic scenes ({'indoor' if dataset == 'nyuv2' else 'street'}"
-            f", {height}x{width}, quick preset; {source.describe()}); pass "
+      kind = "indoor" if dataset == "nyuv2" else "street"
+      print(f"Training on the built-in synthetic scenes ({kind}, {height}x{width}, quick preset; "
+            f"{source.describe()}); pass "
             f"--data_dir=RELEASE_FOLDER for the real {dataset} data.", flush=True)
     else:
       print(f"Training on the {dataset} {source.describe()}.", flush=True)

@@ -77,7 +77,8 @@ class TrainConfig:
     height, width = self.resolution
     need(height > 0 and width > 0 and height % 32 == 0 and width % 32 == 0, "resolution",
          "HEIGHTxWIDTH, both positive multiples of 32 (five 2x2 poolings)", f"{height}x{width}")
-    for flag, choices in (("dtype", ("float32", "bfloat16")), ("bn_statistics", ("global", "device")),
+    for flag, choices in (("dtype", ("float32", "bfloat16")),
+                          ("bn_statistics", ("global", "device")),
                           ("metrics", ("exact", "reference"))):
       need(getattr(self, flag) in choices, flag, f"one of {choices}", getattr(self, flag))
     fraction = self.data.validation_fraction

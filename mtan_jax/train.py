@@ -328,8 +328,8 @@ def _run(config: TrainConfig) -> dict[str, Any]:
       progress.close()
       start_step = 0
       if skips.total == steps_per_epoch:
-        raise RunError(f"every training step of epoch {epoch} had a non-finite loss or gradient "
-                       f"({skips.describe()}); nothing was saved from it")
+        raise RunError(f"every training step of epoch {epoch} had a non-finite loss, gradient or "
+                       f"update ({skips.describe()}); nothing was saved from it")
       state = close_epoch(state)
 
       record = {"epoch": epoch, "lr": lr, "weights": {t.name: float(last["weights"][t.name])
@@ -413,7 +413,7 @@ def _host_scalar(x) -> Any:
 
 
 class SkipCounter:
-  """Counts training steps skipped for a non-finite loss or gradient; stops the run after
+  """Counts training steps skipped for a non-finite loss, gradient or update; stops the run after
   `limit` consecutive ones, naming the tasks and the epoch."""
 
   def __init__(self, epoch: int, limit: int, last_checkpoint: str | None):
@@ -422,7 +422,8 @@ class SkipCounter:
     self.by_task: dict[str, int] = {}
 
   def describe(self) -> str:
-    tasks = ", ".join(f"{task} {count}x" for task, count in self.by_task.items()) or "gradients"
+    tasks = (", ".join(f"{task} {count}x" for task, count in self.by_task.items())
+             or "gradients or updates")
     return f"{self.total} step(s), non-finite: {tasks}"
 
   def step(self, host: dict[str, Any]) -> bool:
@@ -439,7 +440,7 @@ class SkipCounter:
       kept = (f"the {self.last_checkpoint} stays the latest"
               if self.last_checkpoint is not None else "no checkpoint was written")
       raise RunError(f"{self.consecutive} consecutive training steps of epoch {self.epoch} had a "
-                     f"non-finite loss or gradient ({self.describe()}); stopping: {kept}")
+                     f"non-finite loss, gradient or update ({self.describe()}); stopping: {kept}")
     return True
 
 

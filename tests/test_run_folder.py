@@ -221,7 +221,8 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_in_a_real_pro
                           env={**os.environ, "JAX_DEFAULT_MATMUL_PRECISION": "highest"},
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"warning: checkpoint {workdir / 'checkpoints' / '6'} is damaged: {damaged}" in result.stdout
+  assert (f"warning: checkpoint {workdir / 'checkpoints' / '6'} is damaged: {damaged}"
+          in result.stdout)
   assert f"moved to {workdir / 'checkpoints_damaged' / '6'}" in result.stdout
   assert "Resuming" in result.stdout and "checkpoint after epoch 0" in result.stdout
   assert "Traceback" not in result.stderr
@@ -254,7 +255,8 @@ def test_a_failed_save_in_a_run_keeps_the_last_good_checkpoint(tmp_path, monkeyp
 
 @pytest.mark.parametrize("flags, message", [
     (["--batch_size=0"], "--batch_size: expected an integer >= 1, found 0"),
-    (["--resolution=100x100"], "--resolution: expected HEIGHTxWIDTH, both positive multiples of 32"),
+    (["--resolution=100x100"],
+     "--resolution: expected HEIGHTxWIDTH, both positive multiples of 32"),
     (["--width_mult=0"], "--width_mult: expected a finite multiplier > 0, found 0.0"),
     (["--lr=nan"], "--lr: expected a finite learning rate > 0, found nan"),
     (["--lr=-1"], "--lr: expected a finite learning rate > 0, found -1.0"),
