@@ -167,13 +167,18 @@ def run(config: TrainConfig) -> dict[str, Any]:
                    "or delete it and start afresh")
   pipeline.locate(dataclasses.replace(config.data, dataset=config.dataset))  # a missing release
   if config.resume and not rundir.held_run_files(config.workdir):  # before creating the folder
-    _claim_run_folder(config, pathlib.Path(config.workdir), is_main=False)
+    raise _nothing_to_resume(config.workdir)
   if config.multihost:
     jax.distributed.initialize()
   with contextlib.ExitStack() as held:
     if jax.process_index() == 0:  # multi-host runs lock from process 0
       held.enter_context(rundir.RunFolderLock(config.workdir))
     return _run(config)
+
+
+def _nothing_to_resume(workdir) -> RunError:
+  return RunError(f"--resume: {workdir} holds no run to continue (no config.json, metrics.jsonl "
+                  f"or checkpoint); check --workdir, or leave out --resume to start a run there")
 
 
 def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path, is_main: bool) -> None:
@@ -189,8 +194,7 @@ def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path, is_main: bool)
     raise RunError(f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue "
                    f"it, --overwrite to delete it and start afresh, or choose another --workdir")
   if config.resume and not held:
-    raise RunError(f"--resume: {workdir} holds no run to continue (no config.json, metrics.jsonl "
-                   f"or checkpoint); check --workdir, or leave out --resume to start a run there")
+    raise _nothing_to_resume(workdir)
   saved = workdir / "config.json"
   if config.resume and saved.is_file():
     try:
