@@ -14,16 +14,17 @@ import pathlib
 import signal
 import sys
 import threading
+import types
+import typing
 
-from mtan_jax import metrics as metrics_lib
+from mtan_jax import schema
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.config import TrainConfig
 from mtan_jax.data.pipeline import DataConfig
-from mtan_jax.models import MODEL_NAMES
 
 # The quick preset for synthetic data: what differs from the reference recipe.
-QUICK_PRESET = dict(resolution=(96, 128), synthetic_size=(240, 64), width_mult=0.125, epochs=12,
-                    batch_size=8, lr=1e-3, lr_halve_epoch=9)
+QUICK_PRESET = {"data.resolution": (96, 128), "data.synthetic_size": (240, 64), "width_mult": 0.125,
+                "epochs": 12, "batch_size": 8, "lr": 1e-3, "lr_halve_epoch": 9}
 
 
 def _bool(text: str) -> bool:
@@ -34,91 +35,100 @@ def _bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, found {text!r}")
 
 
-def _resolution(text: str) -> tuple[int, int]:
-  try:
-    height, width = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 288x384, found {text!r}")
-  return height, width
+def _text_parser(o: schema.Option):
+  """How a flag's text becomes the option's value: its own parser, or from its type."""
+  if o.parse is not None:
+    def parse(text):
+      try:
+        return o.parse(text)
+      except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+  kind = o.type
+  if typing.get_origin(kind) in (typing.Union, types.UnionType):
+    kind = next(a for a in typing.get_args(kind) if a is not type(None))
+  return _bool if kind is bool else kind
 
 
-def _pair(text: str) -> tuple[int, int]:
-  try:
-    a, b = (int(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected two integers such as 795,654, found {text!r}")
-  return a, b
+def _shown(o: schema.Option, value) -> str:
+  if value is None:
+    return "none"
+  if o.show is not None:
+    return o.show(value)
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  return str(value)
 
 
-def parser(dataset: str) -> argparse.ArgumentParser:
+# Defaults the scripts derive from other flags, as --help says them.
+DERIVED_DEFAULTS = {"workdir": "runs/<dataset>[_synthetic]_<model>_<weighting>_seed<seed>"}
+
+
+def _add_flag(p: argparse.ArgumentParser, o: schema.Option, preset: dict, note: str = "") -> None:
+  parse = _text_parser(o)
+  default = f"default {DERIVED_DEFAULTS.get(o.path) or _shown(o, o.default)}"
+  if o.path in preset:
+    default += f"; quick preset {_shown(o, preset[o.path])}"
+  kwargs = dict(default=None, type=parse, help=f"{o.help}{note} ({default})")
+  if parse is _bool:
+    kwargs.update(nargs="?", const=True, metavar="BOOL")
+  if o.choices is not None:
+    kwargs["choices"] = o.choices
+  p.add_argument(f"--{o.flag}", **kwargs)
+
+
+def scheme_options() -> dict[str, tuple[schema.Option, list[str]]]:
+  """Every weighting scheme's options by flag: (the option, the schemes that declare it)."""
+  out: dict[str, tuple[schema.Option, list[str]]] = {}
+  for name in weighting_lib.NAMES:
+    for o in weighting_lib.options(name):
+      out.setdefault(o.flag, (o, []))[1].append(name)
+  return out
+
+
+def parser(dataset: str, config_cls=TrainConfig) -> argparse.ArgumentParser:
+  """The experiment script's flags: one per schema field of `config_cls` (and its data config),
+  one per option of a weighting scheme, and the compilation cache."""
   p = argparse.ArgumentParser(
-      description=f"Train and evaluate on {dataset} (MTAN and its baselines).",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  flag = lambda name, **kw: p.add_argument(f"--{name}", default=None, **kw)  # noqa: E731
-  flag("data_dir", help="release folder; none: the built-in synthetic scenes (quick preset)")
-  flag("tfds_dir", help="where built datasets are kept (default ~/tensorflow_datasets)")
-  flag("model", choices=MODEL_NAMES, help="architecture (default mtan)")
-  flag("weighting", choices=weighting_lib.NAMES, help="task weighting (default equal)")
-  flag("temperature", type=float, help="DWA temperature (default 2)")
-  flag("tasks", help="comma-separated subset of the tasks (default: all of the dataset's)")
-  flag("num_classes", type=int, help="CityScapes: 7 or 19 classes")
-  flag("epochs", type=int)
-  flag("batch_size", type=int, help="global batch size")
-  flag("eval_batch_size", type=int)
-  flag("lr", type=float)
-  flag("lr_halve_epoch", type=int, help="halve the learning rate after this epoch (0: never)")
-  flag("seed", type=int)
-  flag("workdir", help="run folder (default runs/<dataset>_<model>_<weighting>_seed<seed>)")
-  flag("resume", type=_bool, nargs="?", const=True, help="continue the run in --workdir")
-  flag("overwrite", type=_bool, nargs="?", const=True,
-       help="delete the run already in --workdir and start afresh")
-  flag("augment", type=_bool, nargs="?", const=True, help="random scale-crop and flip")
-  flag("dtype", choices=("float32", "bfloat16"), help="compute dtype")
-  flag("remat", type=_bool, nargs="?", const=True,
-       help="recompute all but convolution outputs in the backward pass: about half "
-       "the memory, for large batches")
-  flag("width_mult", type=float, help="network width multiplier")
-  flag("steps_per_epoch", type=int, help="0: full epochs")
-  flag("metrics", choices=metrics_lib.MODES, help="exact split sums or the reference's averages")
-  flag("devices", type=int, help="local devices to use (0: all)")
-  flag("multihost", type=_bool, nargs="?", const=True, help="call jax.distributed.initialize()")
-  flag("resolution", type=_resolution, help="HEIGHTxWIDTH (synthetic: any multiple of 32)")
-  flag("synthetic_size", type=_pair, help="synthetic train,test example counts")
-  flag("validation_fraction", type=float, help="share of train held out for validation")
-  flag("bn_statistics", choices=("global", "device"), help="BatchNorm statistics")
-  flag("max_skipped_steps", type=int,
-       help="consecutive non-finite (skipped) steps before the run stops (default 5)")
-  flag("workers", type=int, help="input-pipeline threads")
-  flag("keep_checkpoints", type=int)
-  flag("progress", type=_bool, nargs="?", const=True, help="progress bar")
-  flag("compilation_cache", help="persistent XLA compilation cache folder ('' to disable; "
-       "default ~/.cache/mtan_jax/xla)")
+      description=f"Train and evaluate on {dataset} (MTAN and its baselines). Without --data_dir: "
+      f"the built-in synthetic scenes with the quick preset, which any flag overrides.")
+  for o in schema.options(config_cls):
+    if o.flag is not None:
+      _add_flag(p, o, QUICK_PRESET)
+  for o, schemes in scheme_options().values():
+    _add_flag(p, o, QUICK_PRESET, f"; --weighting={' or '.join(schemes)}")
+  p.add_argument("--compilation_cache", default=None,
+                 help="persistent XLA compilation cache folder ('' to disable; default "
+                 "~/.cache/mtan_jax/xla)")
   return p
 
 
-def parse(argv: list[str] | None, dataset: str) -> tuple[TrainConfig, argparse.Namespace]:
-  """The config the flags describe, and the parsed flags."""
-  args = parser(dataset).parse_args(argv)
+def parse(argv: list[str] | None, dataset: str,
+          config_cls=TrainConfig) -> tuple[TrainConfig, argparse.Namespace]:
+  """The config the flags describe (of class `config_cls`), and the parsed flags."""
+  args = parser(dataset, config_cls).parse_args(argv)
   given = {k: v for k, v in vars(args).items() if v is not None}
   synthetic = args.data_dir is None
-  values: dict = dict(QUICK_PRESET) if synthetic else {}
-  values.update(given)
-  data_fields = {f.name for f in dataclasses.fields(DataConfig)}
-  train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-  data = {k: v for k, v in values.items() if k in data_fields}
-  # The folder as an absolute path: the run's record names it whatever the working directory.
-  data["release_dir"] = (None if args.data_dir is None
-                         else str(pathlib.Path(args.data_dir).expanduser().resolve()))
-  data["data_dir"] = args.tfds_dir
-  data["dataset"] = dataset
-  config = {k: v for k, v in values.items() if k in train_fields and k != "data"}
-  if "tasks" in config:
-    config["tasks"] = tuple(t.strip() for t in config["tasks"].split(",") if t.strip())
-  config["dataset"] = dataset
-  config.setdefault("workdir", str(pathlib.Path("runs") / (
-      f"{dataset}{'_synthetic' if synthetic else ''}_{config.get('model', 'mtan')}_"
-      f"{config.get('weighting', 'equal')}_seed{config.get('seed', 0)}")))
-  return TrainConfig(data=DataConfig(**data), **config), args
+  values: dict = {**(QUICK_PRESET if synthetic else {}), "data.dataset": dataset}
+  by_flag = {o.flag: o for o in schema.options(config_cls) if o.flag is not None}
+  values.update({by_flag[k].path: v for k, v in given.items() if k in by_flag})
+  if values.get("data.release_dir") is not None:
+    # The folder as an absolute path: the run's record names it whatever the working directory.
+    values["data.release_dir"] = str(pathlib.Path(values["data.release_dir"]).expanduser()
+                                     .resolve())
+  values.setdefault("workdir", str(pathlib.Path("runs") / (
+      f"{dataset}{'_synthetic' if synthetic else ''}_{values.get('model', 'mtan')}_"
+      f"{values.get('weighting', 'equal')}_seed{values.get('seed', 0)}")))
+  weighting = values.get("weighting", "equal")
+  chosen = {o.name: o.default for o in weighting_lib.options(weighting)}
+  chosen.update({k: v for k, v in given.items() if k in scheme_options()})
+  values["weighting_options"] = chosen  # unknown ones are refused by validate(), naming them
+  data = {k.removeprefix("data."): v for k, v in values.items() if k.startswith("data.")}
+  train = {k: v for k, v in values.items()
+           if k in {f.name for f in dataclasses.fields(config_cls)} and k != "data"}
+  return config_cls(data=DataConfig(**data), **train), args
 
 
 def enable_compilation_cache(folder: str | None) -> None:

@@ -1,13 +1,21 @@
-"""The configuration of a training run: one frozen dataclass, written into the run folder."""
+"""The configuration of a training run: one frozen dataclass, written into the run folder.
+
+Each field is declared once with its schema (`schema.option`): help, whether it defines the run,
+flag, choices, checks. The flags, `--help`, validation, the resume check and the report's grouping
+are derived from it. A weighting scheme's own options (e.g. DWA's temperature) are fields of the
+scheme and live in `weighting_options`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from typing import Any
 
+from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data.pipeline import DataConfig
+from mtan_jax.schema import option
 
 
 class ConfigError(ValueError):
@@ -15,40 +23,84 @@ class ConfigError(ValueError):
   was found."""
 
 
+def _models() -> tuple[str, ...]:
+  from mtan_jax.models import MODEL_NAMES  # pylint: disable=import-outside-toplevel
+  return MODEL_NAMES
+
+
+def _weightings() -> tuple[str, ...]:
+  from mtan_jax import weighting  # pylint: disable=import-outside-toplevel
+  return weighting.NAMES
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+  return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+_POSITIVE = (schema.finite_positive, "a finite number > 0")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Everything that defines a run. Defaults are the reference recipe (spec §12) on NYUv2."""
+  """Everything about a run. Defaults are the reference recipe on NYUv2 (Adam 1e-4, halved after
+  100 of 200 epochs, batch 2)."""
 
   # What to train.
-  dataset: str = "nyuv2"  # "nyuv2" or "cityscapes"
-  tasks: tuple[str, ...] | None = None  # a subset of the dataset's tasks; None: all of them
-  model: str = "mtan"  # a name of mtan_jax.models.MODEL_NAMES
-  width_mult: float = 1.0  # stage-width multiplier (1: the paper's networks)
-  dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
-  remat: bool = False  # recompute all but conv outputs in the backward pass (half the memory)
-  weighting: str = "equal"  # a name of mtan_jax.weighting.NAMES
-  temperature: float = 2.0  # DWA's temperature T
+  tasks: tuple[str, ...] | None = option(
+      None, "comma-separated subset of the dataset's tasks; none: all of them",
+      defines_run=True, parse=_tasks)
+  model: str = option("mtan", "architecture", defines_run=True, choices=_models)
+  width_mult: float = option(1.0, "stage-width multiplier (1: the paper's networks)",
+                             defines_run=True, check=_POSITIVE)
+  dtype: str = option("float32", "compute dtype (parameters stay float32)", defines_run=True,
+                      choices=("float32", "bfloat16"))
+  remat: bool = option(False, "recompute all but convolution outputs in the backward pass: the "
+                       "same update in about half the memory")
+  weighting: str = option("equal", "task weighting", defines_run=True, choices=_weightings)
+  weighting_options: dict[str, Any] = option(
+      help="the weighting scheme's own options (flags of their own, e.g. --temperature)",
+      defines_run=True, flag=False, default_factory=dict)
   # How.
-  epochs: int = 200
-  batch_size: int = 2  # global batch, over all devices and hosts
-  eval_batch_size: int = 0  # 0: batch_size
-  lr: float = 1e-4  # Adam
-  lr_halve_epoch: int = 100  # the learning rate is halved after this many epochs (0: never)
-  steps_per_epoch: int = 0  # 0: full epochs; else at most this many steps per epoch
-  seed: int = 0  # parameters, data order, augmentation
-  bn_statistics: str = "global"  # "global": over the global batch; "device": per device
-  metrics: str = "exact"  # "exact" (split-level sums) or "reference" (per-batch averages)
-  max_skipped_steps: int = 5  # consecutive non-finite (skipped) steps before the run stops
-  data: DataConfig = DataConfig()
+  epochs: int = option(200, "epochs to train (may grow on --resume)", check=schema.at_least(1))
+  batch_size: int = option(2, "global batch size, over all devices and hosts", defines_run=True,
+                           check=schema.at_least(1))
+  eval_batch_size: int = option(0, "evaluation batch size (0: --batch_size)",
+                                check=schema.at_least(0))
+  lr: float = option(1e-4, "Adam's learning rate", defines_run=True, check=_POSITIVE)
+  lr_halve_epoch: int = option(100, "halve the learning rate after this epoch (0: never)",
+                               defines_run=True, check=schema.at_least(0))
+  steps_per_epoch: int = option(0, "at most this many steps per epoch (0: full epochs)",
+                                defines_run=True, check=schema.at_least(0))
+  seed: int = option(0, "parameters, data order, augmentation", defines_run=True)
+  bn_statistics: str = option("global", "BatchNorm statistics over the global batch or per device",
+                              defines_run=True, choices=("global", "device"))
+  metrics: str = option("exact", "exact split sums, or the reference's per-batch averages",
+                        defines_run=True, choices=("exact", "reference"))
+  max_skipped_steps: int = option(5, "consecutive non-finite (skipped) steps before the run stops",
+                                  check=schema.at_least(1))
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
   # Where and bookkeeping.
-  workdir: str = "runs/default"
-  resume: bool = False  # continue the run in workdir from its latest checkpoint
-  overwrite: bool = False  # start afresh in a workdir that holds another run (deleting it)
-  keep_checkpoints: int = 3
-  workers: int = 8  # input-pipeline threads
-  devices: int = 0  # local devices to use (0: all of them)
-  multihost: bool = False  # call jax.distributed.initialize() first
-  progress: bool = True  # a progress bar per epoch
+  workdir: str = option("runs/default", "run folder")
+  resume: bool = option(False, "continue the run in --workdir from its newest intact checkpoint")
+  overwrite: bool = option(False, "delete the run already in --workdir and start afresh")
+  keep_checkpoints: int = option(3, "checkpoints kept (the newest)", check=schema.at_least(1))
+  workers: int = option(8, "input-pipeline threads", check=schema.at_least(0))
+  devices: int = option(0, "local devices to use (0: all)", check=schema.at_least(0))
+  multihost: bool = option(False, "call jax.distributed.initialize() first")
+  progress: bool = option(True, "progress bars")
+
+  def __post_init__(self):
+    # The chosen scheme's options with their defaults filled in, so that a config made in Python
+    # and one made from flags (or read back) are the same run.
+    from mtan_jax import weighting  # pylint: disable=import-outside-toplevel
+    if self.weighting in weighting.NAMES:
+      filled = {o.name: o.default for o in weighting.options(self.weighting)}
+      object.__setattr__(self, "weighting_options", {**filled, **self.weighting_options})
+
+  @property
+  def dataset(self) -> str:
+    """The dataset ("nyuv2" or "cityscapes"); it lives in `data`."""
+    return self.data.dataset
 
   @property
   def resolution(self) -> tuple[int, int]:
@@ -56,36 +108,12 @@ class TrainConfig:
     return tuple(self.data.resolution or tasks_lib.DEFAULT_RESOLUTION[self.dataset])
 
   def validate(self) -> "TrainConfig":
-    """Refuses values no run can use before anything is built, written or compiled; returns self."""
-    problems = []
-
-    def need(ok: bool, flag: str, expected: str, found: Any) -> None:
-      if not ok:
-        problems.append(f"--{flag}: expected {expected}, found {found!r}")
-
-    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
-    need(finite(self.lr) and self.lr > 0, "lr", "a finite learning rate > 0", self.lr)
-    need(finite(self.temperature) and self.temperature > 0, "temperature",
-         "a finite temperature > 0", self.temperature)
-    need(finite(self.width_mult) and self.width_mult > 0, "width_mult", "a finite multiplier > 0",
-         self.width_mult)
-    for flag, least in (("epochs", 1), ("batch_size", 1), ("keep_checkpoints", 1),
-                        ("max_skipped_steps", 1), ("eval_batch_size", 0), ("steps_per_epoch", 0),
-                        ("lr_halve_epoch", 0), ("workers", 0), ("devices", 0)):
-      value = getattr(self, flag)
-      need(isinstance(value, int) and value >= least, flag, f"an integer >= {least}", value)
-    height, width = self.resolution
-    need(height > 0 and width > 0 and height % 32 == 0 and width % 32 == 0, "resolution",
-         "HEIGHTxWIDTH, both positive multiples of 32 (five 2x2 poolings)", f"{height}x{width}")
-    for flag, choices in (("dtype", ("float32", "bfloat16")),
-                          ("bn_statistics", ("global", "device")),
-                          ("metrics", ("exact", "reference"))):
-      need(getattr(self, flag) in choices, flag, f"one of {choices}", getattr(self, flag))
-    fraction = self.data.validation_fraction
-    need(finite(fraction) and 0 <= fraction < 1, "validation_fraction", "a number in [0, 1)",
-         fraction)
-    need(min(self.data.synthetic_size) >= 1, "synthetic_size",
-         "at least one train and one test example", self.data.synthetic_size)
+    """Refuses values no run can use before anything is built, written or compiled; returns self.
+    The checks are the schema's (each field's choices and check) and the weighting's options."""
+    problems = schema.check(self)
+    from mtan_jax import weighting  # pylint: disable=import-outside-toplevel
+    if self.weighting in weighting.NAMES:
+      problems += weighting.option_problems(self.weighting, self.weighting_options)
     if problems:
       raise ConfigError("; ".join(problems))
     return self
@@ -95,17 +123,48 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-    """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors)."""
+    """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors). Configs
+    of earlier versions (a top-level "dataset", DWA's "temperature") are read too."""
     values = dict(values)
     data = dict(values.pop("data", {}))
+    if "dataset" in values:  # earlier versions kept the dataset beside the data config
+      data["dataset"] = values.pop("dataset")
+    if "temperature" in values:
+      temperature = values.pop("temperature")
+      if values.get("weighting") == "dwa":
+        values.setdefault("weighting_options", {"temperature": temperature})
     for name, known, given in (("", cls, values), ("data.", DataConfig, data)):
       unknown = set(given) - {f.name for f in dataclasses.fields(known)}
       if unknown:
-        raise ValueError(f"{source}: unknown field(s) {', '.join(name + u for u in sorted(unknown))}"
-                         f"; expected those of {known.__name__}")
+        raise ValueError(f"{source}: unknown field(s) "
+                         f"{', '.join(name + u for u in sorted(unknown))}; expected those of "
+                         f"{known.__name__}")
     for name in ("resolution", "synthetic_size"):
       if data.get(name) is not None:
         data[name] = tuple(data[name])
     if values.get("tasks") is not None:
       values["tasks"] = tuple(values["tasks"])
     return cls(data=DataConfig(**data), **values)
+
+
+def _migrated(saved: dict[str, Any], cls, source: str) -> dict[str, Any]:
+  return json.loads(json.dumps(cls.from_dict(saved, source).to_dict()))
+
+
+def differences(saved: dict[str, Any], config: TrainConfig, source: str,
+                defining: bool = True) -> list[str]:
+  """The fields that define the run (or, `defining=False`, the others) on which a saved config
+  (config.json, a checkpoint's record) and `config` differ, as readable lines."""
+  return schema.differences(_migrated(saved, type(config), source), config, source, defining)
+
+
+# Fields that say how to start, not what the run is: always different on a resume.
+START_FIELDS = ("resume", "overwrite")
+
+
+def changes_on_resume(saved: dict[str, Any], config: TrainConfig,
+                      source: str) -> dict[str, list[Any]]:
+  """{path: [was, now]} of the fields that may change on a resume (not defining the run) and did,
+  e.g. epochs or --remat: recorded in the run's log, while config.json keeps the first config."""
+  changed = schema.changed(_migrated(saved, type(config), source), config, defining=False)
+  return {k: list(v) for k, v in changed.items() if k not in START_FIELDS}

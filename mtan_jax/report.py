@@ -30,6 +30,7 @@ import numpy as np
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import runlog
 from mtan_jax import runs as runs_lib
+from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
 
 PAPER_FILE = pathlib.Path(__file__).with_name("paper_results.md")
@@ -41,10 +42,9 @@ PERCENT = {"miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30"}
 HEADERS = {"miou": "mIoU", "pixel_accuracy": "Pix Acc", "abs_error": "Abs Err",
            "rel_error": "Rel Err", "angle_mean": "Mean", "angle_median": "Median",
            "within_11.25": "11.25", "within_22.5": "22.5", "within_30": "30"}
-# Fields of a run's config that do not change what it measures: runs differing only in these are
-# repeats of one configuration.
-NOT_IDENTITY = {"seed", "workdir", "resume", "overwrite", "progress", "workers", "devices",
-                "multihost", "keep_checkpoints", "eval_batch_size", "max_skipped_steps", "remat"}
+# Runs whose defining fields (the config schema's) differ only in these are repeats of one
+# configuration: one row, mean ± std.
+REPEATS_DIFFER_IN = {"seed"}
 
 
 @dataclasses.dataclass
@@ -115,14 +115,10 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
 # --- Rows from runs ----------------------------------------------------------------------------
 
 def _identity(run: runs_lib.Run) -> dict[str, Any]:
-  """What a run measures, flat ({"lr": ..., "data.resolution": ...}): its config without
-  `NOT_IDENTITY` and where its built dataset is kept; single-task runs without their task (one row
-  joins them)."""
-  ignore = NOT_IDENTITY | ({"tasks"} if run.config.model in SINGLE_TASK else set())
-  values = {k: v for k, v in run.config.to_dict().items() if k not in ignore and k != "data"}
-  values.update({f"data.{k}": v for k, v in dataclasses.asdict(run.config.data).items()
-                 if k != "data_dir"})
-  return values
+  """What a run measures, flat ({"lr": ..., "data.resolution": ...}): the fields that define it
+  (`schema.identity`) but its seed; single-task runs without their task (one row joins them)."""
+  ignore = REPEATS_DIFFER_IN | ({"tasks"} if run.config.model in SINGLE_TASK else set())
+  return {k: v for k, v in schema.identity(run.config).items() if k not in ignore}
 
 
 def _settings(rows: list[Row], identities: list[dict[str, Any]]) -> None:
@@ -198,7 +194,7 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
       means, stds = _mean_std([results[i] for i in members])
       rows.append(Row(first.config.model, first.config.weighting, parameter_ratio(
           first.config.model, first.tasks, first.config.width_mult), len(members), means, stds,
-          temperature=first.config.temperature))
+          temperature=first.config.weighting_options.get("temperature", 2.0)))
   _settings(rows, identities)
   order = list(ARCHITECTURES)
   weightings = [None, "equal", "uncertainty", "dwa"]

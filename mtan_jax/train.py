@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from mtan_jax import checkpoint as checkpoint_lib
+from mtan_jax import config as config_lib
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import rundir
 from mtan_jax import runlog
@@ -32,13 +33,6 @@ from mtan_jax import weighting as weighting_lib
 from mtan_jax.config import TrainConfig
 from mtan_jax.data import pipeline
 from mtan_jax.models import build_model
-
-# Config fields that define a run: resuming with other values is refused.
-IDENTITY_FIELDS = ("dataset", "tasks", "model", "width_mult", "weighting", "temperature", "seed",
-                   "batch_size", "lr", "lr_halve_epoch", "steps_per_epoch", "bn_statistics")
-IDENTITY_DATA_FIELDS = ("release_dir", "resolution", "num_classes", "synthetic_size",
-                        "synthetic_seed", "validation_fraction", "validation_seed", "augment")
-
 
 class RunError(RuntimeError):
   """A run that cannot start or continue as asked (e.g. a mismatched resume)."""
@@ -135,22 +129,6 @@ class MemoryCheckedStep:
     return self.compiled(*args)
 
 
-def config_differences(saved: dict[str, Any], config: TrainConfig,
-                       source: str = "checkpoint") -> list[str]:
-  """The identity fields on which a saved config (of a checkpoint, or config.json: `source`) and
-  `config` differ, as readable lines."""
-  current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, like the saved JSON
-  out = []
-  for name in IDENTITY_FIELDS:
-    if saved.get(name) != current[name]:
-      out.append(f"{name}: {source} {saved.get(name)!r}, now {current[name]!r}")
-  for name in IDENTITY_DATA_FIELDS:
-    was, now = saved.get("data", {}).get(name), current["data"][name]
-    if was != now:
-      out.append(f"data.{name}: {source} {was!r}, now {now!r}")
-  return out
-
-
 def _host(tree):
   """The first device's copy of a replicated pytree, as numpy."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
@@ -181,9 +159,11 @@ def _nothing_to_resume(workdir) -> RunError:
                   f"or checkpoint); check --workdir, or leave out --resume to start a run there")
 
 
-def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path, is_main: bool) -> None:
+def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path,
+                      is_main: bool) -> dict[str, list[Any]]:
   """Applies the run folder policy: a folder holding a run is continued only with --resume,
-  cleared only with --overwrite; --resume needs a run to continue."""
+  cleared only with --overwrite; --resume needs a run to continue, of the same configuration
+  (config.json). Returns the fields that changed on the resume and may ({path: [was, now]})."""
   if config.overwrite and is_main:
     rundir.clear(workdir)
   if config.multihost and config.overwrite:
@@ -198,13 +178,15 @@ def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path, is_main: bool)
   saved = workdir / "config.json"
   if config.resume and saved.is_file():
     try:
-      differences = config_differences(json.loads(saved.read_text()), config, "config.json")
+      differences = config_lib.differences(json.loads(saved.read_text()), config, "config.json")
     except (ValueError, OSError) as error:
       raise RunError(f"{saved} cannot be read ({error}); it describes the run to continue"
                      ) from error
     if differences:
       raise RunError(f"cannot resume {workdir}: it holds a run of another configuration:\n  "
                      + "\n  ".join(differences))
+    return config_lib.changes_on_resume(json.loads(saved.read_text()), config, "config.json")
+  return {}
 
 
 def _run(config: TrainConfig) -> dict[str, Any]:
@@ -222,7 +204,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
 
   # The run folder.
   workdir = pathlib.Path(config.workdir)
-  _claim_run_folder(config, workdir, is_main)
+  changes = _claim_run_folder(config, workdir, is_main)
 
   # Data.
   tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
@@ -248,7 +230,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
   # Model, weighting, optimizer.
   model = build_model(config.model, tasks, width_mult=config.width_mult, dtype=config.dtype,
                       bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
-  weighting = weighting_lib.build(config.weighting, tasks, temperature=config.temperature)
+  weighting = weighting_lib.build(config.weighting, tasks, **config.weighting_options)
   halve_steps = config.lr_halve_epoch * steps_per_epoch
   optimizer = step_lib.make_optimizer(config.lr, halve_steps)
 
@@ -260,7 +242,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
     restored = checkpoints.restore_intact(
         like, say, check_record=functools.partial(_check_checkpoint, config=config),
         move_damaged=is_main)
-    if is_main:
+    if is_main and not (workdir / "config.json").exists():  # the run's first config, kept
       (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
   except BaseException:
     checkpoints.close()
@@ -271,7 +253,9 @@ def _run(config: TrainConfig) -> dict[str, Any]:
                                         config.seed)
   else:
     _, state, position = restored
-    say(f"Resuming {workdir}: {_describe(position)}.")
+    say(f"Resuming {workdir}: {_describe(position)}."
+        + "".join(f" {k}: {was!r} -> {now!r} (recorded in metrics.jsonl)."
+                  for k, (was, now) in changes.items()))
   start_epoch = int(state.epoch)
   start_step = position.get("step_in_epoch", 0)
   state = step_lib.replicate(state, devices, pmap_devices)
@@ -339,6 +323,8 @@ def _run(config: TrainConfig) -> dict[str, Any]:
       record = {"epoch": epoch, "lr": lr, "weights": {t.name: float(last["weights"][t.name])
                                                       for t in tasks},
                 "train": train_metrics.result()}
+      if changes:  # said once, in the first epoch this process logs
+        record["config_changes"], changes = changes, {}
       if skips.total:
         record["skipped_steps"] = {"count": skips.total, "non_finite_tasks": skips.by_task}
         say(f"epoch {epoch}: skipped {skips.describe()}")
@@ -399,7 +385,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
 
 def _check_checkpoint(record: dict[str, Any], config: TrainConfig) -> None:
   """Refuses to resume from a checkpoint made with another run-defining configuration."""
-  differences = config_differences(record["config"], config)
+  differences = config_lib.differences(record["config"], config, "checkpoint")
   if differences:
     raise RunError("cannot resume: the checkpoint was made with another configuration:\n  "
                    + "\n  ".join(differences))

@@ -26,24 +26,63 @@ from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import augment as augment_lib
 from mtan_jax.data import builders
 from mtan_jax.data import memory
+from mtan_jax.schema import option
 
 SPLITS = ("train", "validation", "test")
 
 
+def parse_resolution(text: str) -> tuple[int, int]:
+  """"288x384" -> (288, 384)."""
+  try:
+    height, width = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    raise ValueError(f"expected HEIGHTxWIDTH such as 288x384, found {text!r}") from None
+  return height, width
+
+
+def parse_pair(text: str) -> tuple[int, int]:
+  """"795,654" -> (795, 654)."""
+  try:
+    a, b = (int(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(f"expected two integers such as 795,654, found {text!r}") from None
+  return a, b
+
+
+def _resolution_ok(value) -> bool:
+  return value is None or (len(value) == 2 and all(
+      isinstance(v, int) and v > 0 and v % 32 == 0 for v in value))
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where the data comes from and how it is split and augmented."""
+  """Where the data comes from and how it is split and augmented (each field's schema: `option`)."""
 
-  dataset: str = "nyuv2"  # "nyuv2" or "cityscapes"
-  release_dir: str | None = None  # the release folder; None: the built-in synthetic scenes
-  data_dir: str | None = None  # where built TFDS datasets live (None: ~/tensorflow_datasets)
-  resolution: tuple[int, int] | None = None  # None: 288x384 (NYUv2), 128x256 (CityScapes)
-  num_classes: int | None = None  # CityScapes: 7 (default) or 19
-  synthetic_size: tuple[int, int] = (795, 654)  # synthetic (train, test) examples
-  synthetic_seed: int = 0
-  validation_fraction: float = 0.0  # share of "train" held out as "validation"
-  validation_seed: int = 0  # which examples are held out (independent of the training seed)
-  augment: bool = False  # the reference's scale-crop and flip, on "train" only
+  dataset: str = option("nyuv2", "the dataset (set by the experiment script)", defines_run=True,
+                        flag=False, choices=tuple(tasks_lib.DEFAULT_RESOLUTION))
+  release_dir: str | None = option(
+      None, "release folder; none: the built-in synthetic scenes (quick preset)",
+      defines_run=True, flag="data_dir")
+  data_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets",
+                                flag="tfds_dir")
+  resolution: tuple[int, int] | None = option(
+      None, "HEIGHTxWIDTH (none: 288x384 for NYUv2, 128x256 for CityScapes; synthetic: any "
+      "multiple of 32)", defines_run=True, parse=parse_resolution,
+      show=lambda v: f"{v[0]}x{v[1]}",
+      check=(_resolution_ok, "HEIGHTxWIDTH, both positive multiples of 32 (five 2x2 poolings)"))
+  num_classes: int | None = option(None, "CityScapes: 7 or 19 classes", defines_run=True,
+                                   check=(lambda v: v is None or v in (7, 13, 19), "7 or 19"))
+  synthetic_size: tuple[int, int] = option(
+      (795, 654), "synthetic train,test example counts", defines_run=True, parse=parse_pair,
+      check=(lambda v: min(v) >= 1, "at least one train and one test example"))
+  synthetic_seed: int = option(0, "which synthetic scenes", defines_run=True)
+  validation_fraction: float = option(
+      0.0, "share of train held out for validation", defines_run=True,
+      check=(lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"))
+  validation_seed: int = option(0, "which examples are held out (independent of --seed)",
+                                defines_run=True)
+  augment: bool = option(False, "random scale-crop and flip (the reference's), on train only",
+                         defines_run=True)
 
 
 class DataError(ValueError):

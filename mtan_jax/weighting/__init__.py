@@ -6,6 +6,8 @@ import pkgutil
 from mtan_jax.weighting.base import REGISTRY
 from mtan_jax.weighting.base import Weighting
 from mtan_jax.weighting.base import build
+from mtan_jax.weighting.base import option_problems
+from mtan_jax.weighting.base import options
 from mtan_jax.weighting.base import register
 
 for _module in pkgutil.iter_modules(__path__):
@@ -14,4 +16,4 @@ for _module in pkgutil.iter_modules(__path__):
 
 NAMES = tuple(sorted(REGISTRY))
 
-__all__ = ["NAMES", "REGISTRY", "Weighting", "build", "register"]
+__all__ = ["NAMES", "REGISTRY", "Weighting", "build", "option_problems", "options", "register"]

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
 
 Losses = dict[str, Any]
@@ -66,10 +67,30 @@ class Weighting:
     return state
 
 
-def build(name: str, tasks: tuple[tasks_lib.Task, ...], **options) -> Weighting:
-  """The scheme `name` for `tasks`; `options` are its fields (e.g. temperature for DWA)."""
+def options(name: str) -> list[schema.Option]:
+  """The options scheme `name` declares (its dataclass fields with a schema, e.g. DWA's
+  temperature); each is a flag of the experiment scripts."""
+  return schema.options(REGISTRY[name])
+
+
+def option_problems(name: str, values: dict[str, Any]) -> list[str]:
+  """What is wrong with `values` as the options of scheme `name` (unknown ones, failed checks)."""
+  known = {o.name: o for o in options(name)}
+  problems = [f"--{key}: not an option of the {name} weighting (its options: "
+              f"{', '.join(sorted(known)) or 'none'})" for key in sorted(set(values) - set(known))]
+  for key, value in values.items():
+    o = known.get(key)
+    if o is not None and o.check is not None and not o.check[0](value):
+      problems.append(f"--{key}: expected {o.check[1]}, found {value!r}")
+  return problems
+
+
+def build(name: str, tasks: tuple[tasks_lib.Task, ...], **values) -> Weighting:
+  """The scheme `name` for `tasks`; `values` are its options (e.g. temperature for DWA). Unknown
+  options are refused (ValueError naming them)."""
   if name not in REGISTRY:
     raise ValueError(f"weighting: expected one of {tuple(sorted(REGISTRY))}, found {name!r}")
-  cls = REGISTRY[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  return cls(tuple(tasks), **{k: v for k, v in options.items() if k in fields})
+  problems = option_problems(name, values)
+  if problems:
+    raise ValueError("; ".join(problems))
+  return REGISTRY[name](tuple(tasks), **values)

@@ -1,10 +1,12 @@
-"""Dynamic Weight Average (the MTAN paper, spec §10)."""
+"""Dynamic Weight Average (the MTAN paper)."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from mtan_jax import schema
+from mtan_jax.schema import option
 from mtan_jax.weighting import base
 
 
@@ -24,7 +26,8 @@ class DWA(base.Weighting):
   and the means of the two previous epochs.
   """
 
-  temperature: float = 2.0
+  temperature: float = option(2.0, "DWA's temperature T", defines_run=True,
+                              check=(schema.finite_positive, "a finite temperature > 0"))
 
   def init(self):
     k = len(self.tasks)
