@@ -1,0 +1,106 @@
+"""The config schema: one declaration per field gives its flag, help, check, resume check and
+report grouping."""
+
+import dataclasses
+import json
+
+import pytest
+
+from mtan_jax import cli
+from mtan_jax import config as config_lib
+from mtan_jax import report
+from mtan_jax import schema
+from mtan_jax import train
+from mtan_jax import weighting as weighting_lib
+from mtan_jax.config import ConfigError, TrainConfig
+from mtan_jax.runs import Run
+from mtan_jax.schema import option
+
+
+@dataclasses.dataclass(frozen=True)
+class WithWarmup(TrainConfig):
+  """A config grown by one field, as a new feature would add it, with no other edit."""
+
+  warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up", defines_run=True,
+                              check=schema.at_least(0))
+
+
+def test_a_field_with_metadata_is_a_flag_a_check_a_resume_check_and_a_report_column(capsys):
+  config, _ = cli.parse(["--warmup_epochs=3", "--workdir=w"], "nyuv2", config_cls=WithWarmup)
+  assert config.warmup_epochs == 3
+  with pytest.raises(SystemExit):  # --help lists it with its help text and default
+    cli.parser("nyuv2", WithWarmup).parse_args(["--help"])
+  assert "--warmup_epochs WARMUP_EPOCHS" in capsys.readouterr().out
+  with pytest.raises(ConfigError, match="--warmup_epochs: expected an integer >= 0, found -1"):
+    dataclasses.replace(config, warmup_epochs=-1).validate()
+  # Resuming with another value is refused, naming it.
+  saved = json.loads(json.dumps(dataclasses.replace(config, warmup_epochs=0).to_dict()))
+  assert config_lib.differences(saved, config, "config.json") == [
+      "warmup_epochs: config.json 0, now 3"]
+  # Runs that differ in it are other rows of the report, told apart by a Setting column.
+  runs = [Run(None, dataclasses.replace(config, warmup_epochs=w, seed=s), [])
+          for w, s in ((0, 0), (3, 0), (3, 1))]
+  identities = [report._identity(r) for r in runs]  # pylint: disable=protected-access
+  assert identities[0]["warmup_epochs"] == 0 and identities[1] == identities[2]  # seeds: repeats
+  rows = [report.Row("mtan", "equal", 1.0, 1, {}, {}), report.Row("mtan", "equal", 1.0, 2, {}, {})]
+  report._settings(rows, identities[:2])  # pylint: disable=protected-access
+  assert [r.setting for r in rows] == ["warmup_epochs=0", "warmup_epochs=3"]
+
+
+def test_help_shows_the_real_defaults_and_the_quick_presets_values(capsys):
+  with pytest.raises(SystemExit):
+    cli.parse(["--help"], "nyuv2")
+  text = " ".join(capsys.readouterr().out.split())
+  assert "(default 0.0001; quick preset 0.001)" in text  # --lr
+  assert "(default none; quick preset 96x128)" in text  # --resolution
+  assert "(default 795,654; quick preset 240,64)" in text  # --synthetic_size
+  assert "DWA's temperature T; --weighting=dwa (default 2.0)" in text  # declared by the scheme
+  assert "(default: None)" not in text
+
+
+def test_every_schema_field_of_the_train_config_is_a_flag_or_says_why_not():
+  flags = {o.flag for o in schema.options(TrainConfig) if o.flag is not None}
+  hidden = {o.path for o in schema.options(TrainConfig) if o.flag is None}
+  assert hidden == {"weighting_options", "data.dataset"}  # the schemes' flags; the script's
+  parser_flags = {a.dest for a in cli.parser("nyuv2")._actions}  # pylint: disable=protected-access
+  assert flags <= parser_flags and "temperature" in parser_flags
+
+
+def test_weighting_options_come_from_the_scheme_and_unknown_ones_are_refused():
+  assert [o.name for o in weighting_lib.options("dwa")] == ["temperature"]
+  assert TrainConfig(weighting="dwa").weighting_options == {"temperature": 2.0}  # filled
+  assert TrainConfig(weighting="equal").weighting_options == {}
+  config, _ = cli.parse(["--weighting=dwa", "--temperature=4", "--workdir=w"], "nyuv2")
+  assert config.weighting_options == {"temperature": 4.0}
+  with pytest.raises(ValueError, match="--gamma: not an option of the dwa weighting"):
+    weighting_lib.build("dwa", (), gamma=1.0)
+  with pytest.raises(ConfigError, match="--temperature: not an option of the uncertainty"):
+    TrainConfig(weighting="uncertainty", weighting_options={"temperature": 2.0}).validate()
+
+
+def test_configs_of_earlier_versions_are_read_with_their_dataset_and_temperature():
+  old = TrainConfig().to_dict()
+  old["data"]["dataset"] = "nyuv2"  # earlier versions left the data config's default here ...
+  old["dataset"] = "cityscapes"  # ... and kept the dataset beside it
+  old["temperature"] = 3.0
+  old["weighting"] = "dwa"
+  del old["weighting_options"]
+  config = TrainConfig.from_dict(old)
+  assert config.dataset == "cityscapes" and config.weighting_options == {"temperature": 3.0}
+
+
+def test_resume_keeps_the_first_config_refuses_defining_changes_and_records_the_others(tmp_path):
+  from tests.test_train import tiny_config  # pylint: disable=import-outside-toplevel
+  workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"
+  train.run(tiny_config(workdir, tfds_dir, epochs=1, steps_per_epoch=1))
+  first = (workdir / "config.json").read_text()
+  for field, value in (("dtype", "bfloat16"), ("metrics", "reference")):
+    with pytest.raises(train.RunError, match=f"{field}: config.json '"):
+      train.run(tiny_config(workdir, tfds_dir, epochs=2, steps_per_epoch=1, resume=True,
+                            **{field: value}))
+  train.run(tiny_config(workdir, tfds_dir, epochs=2, steps_per_epoch=1, resume=True,
+                        keep_checkpoints=2))
+  assert (workdir / "config.json").read_text() == first  # never rewritten
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert "config_changes" not in records[0]
+  assert records[1]["config_changes"] == {"epochs": [1, 2], "keep_checkpoints": [3, 2]}
