@@ -100,7 +100,7 @@ else
   skipped+=("training run (tensorflow_datasets cannot be imported)")
 fi
 profile bf16_b16 --model=mtan --dtype=bfloat16 --batch=16
-# The other models against their reference (batch 2, float32: spec section 17).
+# The other models against their reference (batch 2, float32).
 for model in split_standard cross_stitch dense; do
   train "$model f32 b2" --model=$model --dtypes=float32 --batch_sizes=2
 done

@@ -20,7 +20,7 @@ For each (mode, dtype, batch size) it prints one JSON line, then a table:
   step_ms        median over --steps timed steps after --warmup steps (each ends in block_until_ready)
   images_per_s   batch / median step time
   tflops         achieved TFLOP/s: XLA's cost analysis of the compiled step / median step time
-  ref_tflops     the same from the reference's FLOP count (spec §16: conv and matmul FLOPs, forward x3
+  ref_tflops     the same from the reference's FLOP count (conv and matmul FLOPs, forward x3
                  for a train step) where it applies (full width at 288x384 or 128x256), else null
   program_gib    XLA's memory analysis of the step: arguments + outputs + temporaries - aliased
   peak_gib       the device's peak bytes in use so far in this process (GPU/TPU; null on CPU): the
@@ -46,9 +46,9 @@ import numpy as np  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
-from mtan_jax.models import MODEL_NAMES, build_model  # noqa: E402
+from mtan_jax.models import MODEL_NAMES, build_model, get_spec  # noqa: E402
 
-# Forward GFLOP per image of the reference models at full width (spec §16, torch FlopCounterMode,
+# Forward GFLOP per image of the reference models at full width (torch FlopCounterMode,
 # conv and matmul only, 3 tasks and 13 classes at 288x384; MTAN's 2-task CityScapes is an estimate).
 REFERENCE_FORWARD_GFLOP = {
     ("nyuv2", "mtan"): 432.1, ("nyuv2", "split_standard"): 137.2, ("nyuv2", "split_wide"): 153.5,
@@ -88,7 +88,7 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   device: `train_step.train_step` (state donated) for mode "train", else `eval_step`.
   `state_cache` keeps the last initial state (it depends on neither the dtype nor the batch)."""
   tasks = tasks_lib.dataset_tasks(dataset)
-  tasks = tasks[:1] if model_name in ("single", "stan") else tasks
+  tasks = tasks[:1] if get_spec(model_name).single_task else tasks
   model = build_model(model_name, tasks, width_mult=width_mult, dtype=dtype,
                       bn_axis_name=step_lib.AXIS)
   weighting = weighting_lib.build(weighting_name, tasks)

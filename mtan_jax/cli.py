@@ -178,3 +178,13 @@ def main(argv: list[str] | None, dataset: str) -> dict:
           checkpoint.CheckpointError, OSError) as error:  # said plainly, without a traceback
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(1)
+
+
+def train_nyuv2() -> None:
+  """The console script `mtan-train-nyuv2` (as experiments/nyuv2.py)."""
+  main(sys.argv[1:], "nyuv2")
+
+
+def train_cityscapes() -> None:
+  """The console script `mtan-train-cityscapes` (as experiments/cityscapes.py)."""
+  main(sys.argv[1:], "cityscapes")

@@ -1,4 +1,4 @@
-"""The reference's task losses (spec §9), as (sum over valid pixels, number of valid pixels).
+"""The reference's task losses, as (sum over valid pixels, number of valid pixels).
 
 Returning sums and counts lets the caller form pixel means over the *whole* batch, across devices:
 `psum(sum) / psum(count)`. Validity comes from each task's own target, as in the reference:

@@ -1,4 +1,4 @@
-"""Exact split-level metrics (spec §11), accumulated as sums, and Δm against a baseline.
+"""Exact split-level metrics, accumulated as sums, and Δm against a baseline.
 
 On the device, `batch_sums` reduces one batch to a few sums per task (summed over the device axis):
 a confusion matrix; depth absolute / relative error sums and a pixel count; normal angle sum, counts

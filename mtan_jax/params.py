@@ -3,7 +3,7 @@
   python -m mtan_jax.params --dataset=nyuv2          # a table
   python -m mtan_jax.params --dataset=cityscapes --json
 
-Counts come from `jax.eval_shape` (no compute) and follow the reference's convention (spec §16): every
+Counts come from `jax.eval_shape` (no compute) and follow the reference's convention: every
 trainable parameter, the uncertainty log-variances included where the reference model holds them,
 BatchNorm running statistics excluded. The ratio's denominator is the single-task SegNet of the
 dataset's first task (segmentation), as the reference scripts' "REL".
@@ -68,5 +68,10 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The console script."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  command()

@@ -36,7 +36,11 @@ METRIC_TITLES = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy", "abs_error"
 
 
 def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError as error:  # an install without the plot extra
+    raise runs_lib.MissingPackage("figures need matplotlib: pip install 'mtan-jax[plot]' (or "
+                                  "matplotlib)") from error
   matplotlib.use("Agg")  # files only, no display
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
@@ -253,5 +257,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path:
   return path
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The console script: errors a user can cause in one line, exit status 1."""
   runs_lib.run_command(main)
+
+
+if __name__ == "__main__":
+  command()

@@ -39,17 +39,23 @@ class Run:
   @property
   def label(self) -> str:
     """'model / weighting' (single-task models: 'model (task)')."""
-    if self.config.model in ("single", "stan"):
+    from mtan_jax.models import get_spec  # pylint: disable=import-outside-toplevel
+    if get_spec(self.config.model).single_task:
       return f"{self.config.model} ({self.tasks[0].name})"
     return f"{self.config.model} / {self.config.weighting}"
 
 
+class MissingPackage(ImportError):
+  """An optional package a command needs is not installed; the message says how to install it."""
+
+
 def run_command(main) -> None:
   """Runs a command's `main()`; a missing or unreadable run folder (FileNotFoundError, ValueError)
-  is said in one line on stderr, exit status 1, instead of a traceback."""
+  or a missing optional package (MissingPackage) is said in one line on stderr, exit status 1,
+  instead of a traceback."""
   try:
     main()
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ValueError, MissingPackage) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 

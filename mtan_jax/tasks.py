@@ -13,7 +13,7 @@ DEPTH = "depth"
 NORMAL = "normal"
 TASK_NAMES = (SEGMENTATION, DEPTH, NORMAL)
 
-# The datasets of the paper and their segmentation class counts (spec §13).
+# The datasets of the paper and their segmentation class counts.
 NYUV2 = "nyuv2"
 CITYSCAPES = "cityscapes"
 DATASETS = (NYUV2, CITYSCAPES)

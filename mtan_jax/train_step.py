@@ -75,8 +75,8 @@ def init_variables(model: nn.Module, image_shape: tuple[int, int], key: jax.Arra
   """The model's initial variables ({"params", "batch_stats"}).
 
   Run op by op rather than jitted: XLA compiles one random-normal program per kernel shape either
-  way, and op by op those programs are shared by every model of the process (a jitted init of MTAN
-  compiles for ~15 s on a CPU, every time).
+  way, and op by op those programs are shared by every model of the process, while a jitted init
+  compiles the whole model again for every process.
   """
   return model.init(key, jnp.zeros((1, *image_shape, 3)), train=False)
 
@@ -121,9 +121,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   `remat`: keep only convolution and matrix-product outputs from the forward pass and recompute the
   rest in the backward pass (`REMAT_POLICY`): the same result up to float rounding in about half the
-  memory (MTAN, 288x384, float32, batch 8: 14.0 GiB instead of 32.3 in XLA's memory analysis on a
-  CPU), for some recomputation (which on a 2-core CPU the saved memory traffic outweighs: 18.3 s per
-  step instead of 19.8 at batch 2).
+  memory, for some recomputation (the README's speed section has the figures).
 
   Returns the new state and {"loss": the weighted objective, "task_losses": {task: global mean},
   "skipped": True when the step was not applied (non-finite loss, gradient or update), "weights": {task:

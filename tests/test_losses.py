@@ -40,7 +40,7 @@ def test_normal_loss_is_one_minus_cosine():
 
 
 def test_reference_mask_is_the_sum_of_channels():
-  # The reference marks a normal valid when its components do not sum to 0 (spec §9).
+  # The reference marks a normal valid when its components do not sum to 0.
   target = jnp.asarray([[0.5, -0.5, 0.0], [0.0, 0.0, 1.0]]).reshape(1, 1, 2, 3)
   np.testing.assert_array_equal(losses.valid_mask(NYU[2], target), [[[0.0, 1.0]]])
 

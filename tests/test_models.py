@@ -63,7 +63,7 @@ def test_cityscapes_tiny_forward():
   check_outputs(model.apply(variables, images(2, 32, 64), train=False), CITY, 2, 32, 64)
 
 
-# Reference counts measured on the official PyTorch models (spec §16).
+# Reference counts measured on the official PyTorch models.
 NYU_COUNTS = {"split_standard": 25_055_188, "split_wide": 43_934_164, "split_deep": 50_807_764,
               "dense": 123_743_995, "cross_stitch": 74_941_807, "mtan": 44_229_076}
 CITY_COUNTS = {"split_standard": 25_017_674, "split_wide": 43_896_650, "split_deep": 50_770_250,
@@ -107,7 +107,7 @@ def kernel_shape(params, *path):
 
 
 def test_mtan_attention_widths_follow_the_reference():
-  """Spec §3: shared f convs and per-task g/h mask widths at full size (HWIO kernels)."""
+  """Shared f convs and per-task g/h mask widths at full size (HWIO kernels)."""
   params = abstract_variables(build_model("mtan", NYU))["params"]
   enc_f = [(64, 128), (128, 256), (256, 512), (512, 512), (512, 512)]
   dec_f = [(512, 512), (512, 256), (256, 128), (128, 64), (64, 64)]  # forward order: k = 4 .. 0

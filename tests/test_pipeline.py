@@ -4,6 +4,8 @@ import chex
 import numpy as np
 import pytest
 
+from mtan_jax import losses
+from mtan_jax import metrics
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import pipeline
 
@@ -70,17 +72,31 @@ def test_training_batches_are_device_shaped_shuffled_and_complete(train):
   np.testing.assert_array_equal(same_seed.order(5), loader.order(5))
 
 
-def test_evaluation_pads_the_last_batch_and_masks_it(train):
+def test_evaluation_pads_the_last_batch_with_examples_that_count_for_nothing(train):
   loader = pipeline.Loader(train, global_batch_size=4, local_devices=2, workers=0)
   batches = collect(loader, 0)
-  assert len(batches) == 3  # 4 + 4 + 1 real examples
-  masks = np.concatenate([b["mask"].ravel() for b in batches])
-  assert masks.sum() == len(train) and not masks[-3:].any()
-  images = np.concatenate([b["image"].reshape(-1, 64, 96, 3) for b in batches])[masks]
-  np.testing.assert_array_equal(images, np.stack([train[i]["image"] for i in range(len(train))]))
-  padding = batches[-1]
-  assert np.all(padding["segmentation"].reshape(4, 64, 96)[1:] == -1)  # padded targets invalid
-  assert np.all(padding["depth"].reshape(4, 64, 96, 1)[1:] == 0)
+  assert len(batches) == 3 and "mask" not in batches[0]  # 4 + 4 + 1 real examples
+  images = np.concatenate([b["image"].reshape(-1, 64, 96, 3) for b in batches])
+  np.testing.assert_array_equal(images[:len(train)],
+                                np.stack([train[i]["image"] for i in range(len(train))]))
+  padding = {k: v.reshape(4, *v.shape[2:])[1:] for k, v in batches[-1].items()}
+  assert np.all(padding["segmentation"] == -1) and not np.any(padding["depth"])
+  assert not np.any(padding["normal"])
+  # The invariant the evaluation step relies on: the padded batch's loss and metric sums are
+  # those of its one real example, whatever the model predicts for the padding.
+  tasks = tasks_lib.dataset_tasks("nyuv2")
+  last = {k: v.reshape(4, *v.shape[2:]) for k, v in batches[-1].items()}
+  rng = np.random.default_rng(0)
+  outputs = {"segmentation": np.log(rng.dirichlet(np.ones(13), (4, 64, 96))).astype(np.float32),
+             "depth": rng.uniform(0, 5, (4, 64, 96, 1)).astype(np.float32),
+             "normal": rng.normal(size=(4, 64, 96, 3)).astype(np.float32)}
+  real = lambda tree: {k: v[:1] for k, v in tree.items()}  # noqa: E731
+  chex.assert_trees_all_close(metrics.batch_sums(tasks, outputs, last),
+                              metrics.batch_sums(tasks, real(outputs), real(last)), rtol=1e-6)
+  for task in tasks:
+    chex.assert_trees_all_close(
+        losses.task_loss_sums(task, outputs[task.name], last[task.name]),
+        losses.task_loss_sums(task, outputs[task.name][:1], last[task.name][:1]), rtol=1e-6)
 
 
 def test_processes_read_their_own_share_of_each_global_batch(train):

@@ -1,4 +1,4 @@
-"""The reference's NYUv2 training augmentation (spec §12), in numpy on one example `[H, W, C]`.
+"""The reference's NYUv2 training augmentation, in numpy on one example `[H, W, C]`.
 
 - Random scale-crop: a scale s from {1.0, 1.2, 1.5}; a crop of int(H/s) x int(W/s) at a uniform
   top-left (both ends inclusive); every map resized back to H x W: image and normals bilinear with

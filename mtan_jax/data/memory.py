@@ -13,8 +13,7 @@ def keep_freed_memory() -> bool:
   By default glibc serves allocations of a few MB with mmap, or trims them off the heap, and gives
   them back on free, so every example's arrays are page-faulted in again. How often that happens
   depends on the allocation history (its thresholds adapt), which made the same code run at very
-  different speeds: measured here, synthetic rendering at 288x384 went from 52 to 138 samples/s and
-  the augmenting loader from ~200 to ~290 images/s on 2 cores with the thresholds pinned. Freed
+  different speeds from one process to the next (figures in the README's speed section). Freed
   buffers are then kept for reuse; the process's resident memory no longer shrinks after a peak.
   Returns False (and changes nothing) where the C library is not glibc.
   """

@@ -8,8 +8,8 @@ batches, multi-host shards and background workers.
 
 Examples are dicts keyed like the model outputs: "image" `[H, W, 3]` float32, "segmentation"
 `[H, W]` int32 (-1 = unlabelled), "depth" `[H, W, 1]` float32 (0 = invalid), "normal" `[H, W, 3]`
-float32 (0 = invalid). Evaluation batches carry a "mask" `[devices, per-device batch]` that is False
-on the padding of the last batch, so every example counts exactly once.
+float32 (0 = invalid). The last evaluation batch is padded with examples whose every target is
+invalid, so they add nothing to a loss or metric sum and every example counts exactly once.
 """
 
 from __future__ import annotations
@@ -238,8 +238,9 @@ class Loader:
     seed: shuffling and augmentation seed.
     augment: apply `augment.random_scale_crop_flip`.
     drop_remainder: drop the last partial global batch (training: every step has the same batch
-      statistics); else pad it and mark the padding in "mask" (evaluation: nothing dropped or
-      counted twice).
+      statistics, as the reference's is not: it keeps a last batch of 1 on NYUv2's 795 examples);
+      else pad it with examples whose every target is invalid (evaluation: they add nothing to a
+      loss or metric sum, so every example counts once).
     depth_power: 1 (metric depth) or -1 (inverse depth) for the augmentation's depth scaling.
     process_index, process_count: this process and how many read the split.
     workers: background threads that read and augment examples (the record reader and numpy release
@@ -321,13 +322,10 @@ class Loader:
 
   def _assemble(self, examples: list) -> dict[str, np.ndarray]:
     template = next(e for e in examples if e is not None)
-    mask = np.array([e is not None for e in examples])
     examples = [e if e is not None else _zeros_like(template) for e in examples]
     shape = (self.local_devices, self.local_batch_size // self.local_devices)
     batch = {k: np.stack([e[k] for e in examples]).reshape(shape + template[k].shape)
              for k in template}
-    if not self.drop_remainder:
-      batch["mask"] = mask.reshape(shape)
     return batch
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:

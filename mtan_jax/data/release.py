@@ -1,6 +1,6 @@
 """The published MTAN releases of NYUv2 and CityScapes on disk, checked before anything is built.
 
-NYUv2 (spec §13): `ROOT/{train,val}/{image,label,depth,normal}/<i>.npy`, i = 0..N-1 (795 train, 654
+NYUv2: `ROOT/{train,val}/{image,label,depth,normal}/<i>.npy`, i = 0..N-1 (795 train, 654
 val), image (288, 384, 3) float in [0, 1], label (288, 384) integers in {-1, 0..12} (stored as
 floats), depth (288, 384, 1) metres with 0 = invalid, normal (288, 384, 3) unit vectors, 0 = invalid.
 

@@ -1,4 +1,4 @@
-"""The paper's baselines (spec §4-§7): Single task, Split (standard / wide / deep), Dense, Cross-stitch.
+"""The paper's baselines: Single task, Split (standard / wide / deep), Dense, Cross-stitch.
 
 STAN is `mtan.MTAN` with one task. Every model maps `[B, H, W, 3]` to `{task name: [B, H, W, C]}`.
 """
@@ -47,7 +47,7 @@ class SplitSegNet(nn.Module):
 
 
 class DenseSegNet(nn.Module):
-  """Dense soft sharing (spec §6): a shared SegNet, and per task a SegNet fed with the shared features.
+  """Dense soft sharing: a shared SegNet, and per task a SegNet fed with the shared features.
 
   Task encoder stage k >= 1 reads `concat(task pooled_{k-1}, shared pooled_{k-1})`; task decoder stage s
   reads `concat(task unpooled_s, shared unpooled_s)` (task first, as the reference). Each network
@@ -106,7 +106,7 @@ class DenseSegNet(nn.Module):
 
 
 class CrossStitchSegNet(nn.Module):
-  """Cross-stitch baseline *as the reference implements it* (spec §7).
+  """Cross-stitch baseline *as the reference implements it*.
 
   One SegNet per task, no shared network. Before encoder stages 1-4 and decoder stages 0-4 the task
   features are mixed as `sum_t alpha[layer, t] * feature_t`, with one learned scalar per (layer, source

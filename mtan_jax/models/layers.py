@@ -1,4 +1,4 @@
-"""Building blocks shared by every SegNet variant (spec §1), NHWC, parameters in float32.
+"""Building blocks shared by every SegNet variant, NHWC, parameters in float32.
 
 - `BatchNorm`: PyTorch's BatchNorm2d semantics (momentum 0.1 in PyTorch's sense = 0.9 here, eps 1e-5,
   running variance updated with the *unbiased* batch variance), optionally with statistics over a
@@ -84,8 +84,8 @@ class PointwiseConv(nn.Module):
   Its parameters are those of `nn.Conv(features, (1, 1))`: `kernel` `[1, 1, Cin, features]` (same
   initialiser, same values for the same key) and `bias` `[features]`, so checkpoints and imported
   weights are unchanged. A 1x1 convolution is a product over channels; written as one, XLA emits
-  a plain matrix product (on a CPU 3.5x faster than its convolution, forward and backward, for
-  MTAN's full-resolution masks).
+  a plain matrix product, which CPUs run much faster than the general convolution (figures in the
+  README's speed section).
   """
 
   features: int

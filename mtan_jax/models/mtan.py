@@ -1,6 +1,6 @@
 """MTAN: the shared SegNet plus, per task, soft attention masks in every encoder and decoder stage.
 
-Spec §3. The shared SegNet runs once; then each task runs its own attention path:
+The shared SegNet runs once; then each task runs its own attention path:
 
   encoder stage j:  mask = g,h_task[j](u_j) for j = 0, g,h_task[j](concat(u_j, t_{j-1})) otherwise
                     t_j  = maxpool2x2(f_enc[j](mask * p_j))           (f: shared 3x3 conv block)

@@ -132,7 +132,7 @@ def abstract_variables(model: nn.Module, height: int = 64, width: int = 64) -> A
 
 def count_parameters(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: float = 1.0,
                      filters: tuple[int, ...] | None = None) -> int:
-  """Trainable parameters of model `name` as the reference counts them (spec §16).
+  """Trainable parameters of model `name` as the reference counts them.
 
   Every parameter of the network, plus one uncertainty log-variance per task where the reference model
   holds them; BatchNorm running statistics excluded. Computed with `jax.eval_shape`, no compute.

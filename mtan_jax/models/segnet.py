@@ -1,4 +1,4 @@
-"""The VGG-16 SegNet encoder-decoder shared by Single, STAN, Split and MTAN (spec §2).
+"""The VGG-16 SegNet encoder-decoder shared by Single, STAN, Split and MTAN.
 
 Five encoder stages, each ending in a 2x2 max-pool that keeps its argmax; five decoder stages, each
 starting with the max-unpool of the mirror encoder stage. With filters (64, 128, 256, 512, 512):

@@ -2,7 +2,7 @@
 
 `load_torch_state_dict(model_name, state_dict, tasks)` takes the reference model's `state_dict()` (its
 parameter names mapped to arrays: numpy arrays, or anything `np.asarray` reads) and returns Flax
-variables. What differs between the two layouts (spec §1, §3):
+variables. What differs between the two layouts:
 
 - conv kernels: PyTorch OIHW -> Flax HWIO;
 - BatchNorm: weight/bias -> params scale/bias, running_mean/var -> batch_stats mean/var
@@ -50,7 +50,7 @@ def _conv_bn_sequence(flax_stage: tuple[str, ...], first_block: int, torch_seq: 
 
 
 def _segnet_entries(convs_per_layer: int) -> list[Entry]:
-  """The shared SegNet of single / STAN / split / MTAN (spec §2)."""
+  """The shared SegNet of single / STAN / split / MTAN."""
   entries = []
   for side, first, rest in (("encoder", "encoder_block", "conv_block_enc"),
                             ("decoder", "decoder_block", "conv_block_dec")):

@@ -1,4 +1,4 @@
-"""Uncertainty weighting (Kendall et al.) as the reference implements it (spec §10)."""
+"""Uncertainty weighting (Kendall et al.) as the reference implements it."""
 
 import dataclasses
 
