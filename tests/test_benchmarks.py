@@ -31,6 +31,7 @@ def test_input_pipeline_benchmark_prints_json_lines_and_a_table(tmp_path, capsys
   assert any(line.startswith("measure") for line in lines)
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_times_the_train_and_eval_steps(capsys):
   rows = load("train_step").main(["--model=split_standard", "--resolution=32x32",
                                   "--width_mult=0.0625", "--batch_sizes=2", "--mode=both",
@@ -190,6 +191,7 @@ def test_profile_counts_device_kernels_once_by_their_instruction():
   assert op_events([host], names) == ([("fusion.1", 7.0)], None)  # a CPU trace
 
 
+@pytest.mark.slow
 def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
   result = load("profile_step").main(["--model=split_standard", "--resolution=32x32",
                                       "--width_mult=0.0625", "--batch=2", "--steps=2", "--remat"])

@@ -89,6 +89,7 @@ def test_configs_of_earlier_versions_are_read_with_their_dataset_and_temperature
   assert config.dataset == "cityscapes" and config.weighting_options == {"temperature": 3.0}
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_first_config_refuses_defining_changes_and_records_the_others(tmp_path):
   from tests.test_train import tiny_config  # pylint: disable=import-outside-toplevel
   workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"

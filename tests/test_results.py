@@ -47,6 +47,7 @@ def records(path):
   return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_training_draws_its_curves_and_the_command_draws_several_runs(runs, tmp_path, capsys):
   # The end of training drew each run's curves: a panel per task metric (1 task x 2 metrics).
   assert png_size(runs["seg0"] / "curves.png") == (2 * 320, 1 * 240)
@@ -60,6 +61,7 @@ def test_training_draws_its_curves_and_the_command_draws_several_runs(runs, tmp_
     plot.curves([runs["seg0"]], tmp_path / "v.png", split="validation")
 
 
+@pytest.mark.slow
 def test_attention_and_predictions_figures(runs, tmp_path):
   path = plot.main(["attention", str(runs["stan"]), "--image=1", "--channels=0,3"])
   assert path == runs["stan"] / "attention_test_1.png"
@@ -107,6 +109,7 @@ def test_parameter_ratios_are_the_papers_hash_p():
   assert report.parameter_ratio("single", nyu, 1.0) == pytest.approx(74_941_777 / 24_981_069)
 
 
+@pytest.mark.slow
 def test_the_report_table_holds_the_runs_numbers(runs):
   text = report.main([str(p) for p in runs.values()] + ["--paper"])
   lines = text.splitlines()
@@ -177,6 +180,7 @@ def test_runs_are_grouped_by_what_they_measure():
   assert "| Equal | lr=0.001 | 1 |" in text
 
 
+@pytest.mark.slow
 def test_a_bad_run_among_many_is_skipped_with_a_warning(runs, tmp_path, capsys):
   import shutil
   empty = tmp_path / "empty"  # a run folder without epochs (started, nothing logged yet)
@@ -210,6 +214,7 @@ def test_a_bad_run_among_many_is_skipped_with_a_warning(runs, tmp_path, capsys):
   assert png_size(tmp_path / "c.png") == (2 * 320, 2 * 240)
 
 
+@pytest.mark.slow
 def test_curves_refuse_runs_of_different_datasets_on_one_panel(runs, tmp_path):
   import shutil
   city = tmp_path / "city"

@@ -53,6 +53,7 @@ def run_cli(argv, capsys):
   return status, out, err
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_stops_naming_the_holder_and_a_killed_one_blocks_nothing(
     tmp_path):
   workdir, tfds_dir = tmp_path / "run", tmp_path / "tfds"
@@ -80,6 +81,7 @@ def test_the_lock_is_refused_within_one_process_too(tmp_path):
     pass
 
 
+@pytest.mark.slow
 def test_nothing_of_a_run_is_deleted_or_truncated_without_overwrite(tmp_path):
   tfds_dir, workdir = tmp_path / "tfds", tmp_path / "run"
   train.run(tiny_config(workdir, tfds_dir, epochs=1))
@@ -189,6 +191,7 @@ def test_a_failed_save_is_one_error_that_names_the_checkpoint_kept(tmp_path, mon
   assert "No space left on device" in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_nan_learning_rate_skips_the_step_instead_of_saving_nan_parameters():
   """The loss and gradient are finite, the update is not: the step is skipped on every device."""
   model = build_model("split_standard", NYU, width_mult=1 / 16, bn_axis_name=step_lib.AXIS)
@@ -208,6 +211,7 @@ def test_a_nan_learning_rate_skips_the_step_instead_of_saving_nan_parameters():
   assert not checkpoint_lib.non_finite_leaves(jax.tree_util.tree_map(np.asarray, after))
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_in_a_real_process(tmp_path):
   tfds_dir, workdir = tmp_path / "tfds", tmp_path / "run"
   train.run(tiny_config(workdir, tfds_dir, epochs=2))
@@ -232,6 +236,7 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_in_a_real_pro
   assert [json.loads(line)["epoch"] for line in dropped] == [1]  # the old epoch 1 kept aside
 
 
+@pytest.mark.slow
 def test_a_failed_save_in_a_run_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
   saves = []
   plain_save = checkpoint_lib.Checkpointer.save

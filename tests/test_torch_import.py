@@ -50,7 +50,9 @@ def leaf(tree, path):
   return np.asarray(tree)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.slow) if c in ("mtan", "cross_stitch", "dense") else c
+    for c in sorted(CASES)])  # the three large models: the slow tier
 def test_every_reference_entry_is_imported(case):
   name, tasks = CASES[case]
   state = random_state_dict(case)

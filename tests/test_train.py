@@ -27,6 +27,9 @@ from mtan_jax.data import synthetic
 from mtan_jax.data.pipeline import DataConfig
 from mtan_jax.models import MODEL_NAMES, build_model
 
+# Every test here trains (steps, runs, processes): the slow tier (`pytest -m "not slow"` skips it).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NYU = tasks_lib.dataset_tasks("nyuv2")
 XLA_CACHE = str(ROOT / ".pytest_cache" / "xla")
