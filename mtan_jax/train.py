@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtan_jax import checkpoint as checkpoint_lib
@@ -130,8 +131,48 @@ class MemoryCheckedStep:
 
 
 def _host(tree):
-  """The first device's copy of a replicated pytree, as numpy."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), tree)
+  """A replicated pytree as numpy, read from one addressable shard (indexing `x[0]` would gather
+  every device's copy first)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+PROGRESS_EVERY = 20  # steps between reads of the devices' loss and skip counts
+
+
+def _train_and_add(state, totals, batch, *, tasks, **step_args):
+  """The train step, its metric sums and skip counts added to the epoch's `totals` on the device
+  (a skipped step adds only to the skip counts). Returns (state, totals, {"loss", "weights"})."""
+  metric_totals, skip_counts = totals
+  state, outputs = step_lib.train_step(state, batch, tasks=tasks, **step_args)
+  metric_totals = metrics_lib.add_to_totals(metric_totals, outputs["sums"],
+                                            outputs["task_losses"], ~outputs["skipped"])
+  skip_counts = count_skips(skip_counts, outputs["skipped"], outputs["task_losses"])
+  return state, (metric_totals, skip_counts), {"loss": outputs["loss"],
+                                               "weights": outputs["weights"]}
+
+
+def _evaluate_and_add(state, totals, batch, **step_args):
+  """The evaluation step, its sums and task losses added to `totals` on the device."""
+  outputs = step_lib.eval_step(state, batch, **step_args)
+  return metrics_lib.add_to_totals(totals, outputs["sums"], outputs["task_losses"])
+
+
+def new_skip_counts(tasks) -> dict[str, Any]:
+  """Skipped steps of an epoch, counted on the device: total, the current and the longest run of
+  consecutive ones, and per task the skipped steps whose loss was not finite."""
+  zero = np.zeros((), np.int32)
+  return {"total": zero, "consecutive": zero, "longest": zero,
+          "by_task": {t.name: zero for t in tasks}}
+
+
+def count_skips(counts: dict[str, Any], skipped, task_losses) -> dict[str, Any]:
+  """`counts` after one step (`skipped`: whether it was; `task_losses`: its losses)."""
+  skipped = skipped.astype(jnp.int32)
+  consecutive = (counts["consecutive"] + 1) * skipped
+  return {"total": counts["total"] + skipped, "consecutive": consecutive,
+          "longest": jnp.maximum(counts["longest"], consecutive),
+          "by_task": {t: n + skipped * (~jnp.isfinite(task_losses[t])).astype(jnp.int32)
+                      for t, n in counts["by_task"].items()}}
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
@@ -261,16 +302,17 @@ def _run(config: TrainConfig) -> dict[str, Any]:
   state = step_lib.replicate(state, devices, pmap_devices)
 
   train = MemoryCheckedStep(jax.pmap(functools.partial(
-      step_lib.train_step, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
+      _train_and_add, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
       sync_batch_stats=config.bn_statistics == "device", remat=config.remat),
-      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,)),
+      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0, 1)),
       "train step", memory_advice(config, "batch_size", config.batch_size, global_devices),
       devices[0])
   evaluate = MemoryCheckedStep(
-      jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
-               axis_name=step_lib.AXIS, devices=pmap_devices),
+      jax.pmap(functools.partial(_evaluate_and_add, model=model, tasks=tasks),
+               axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(1,)),
       "evaluation step", memory_advice(config, "eval_batch_size", eval_batch, global_devices),
       devices[0])
+  on_devices = lambda tree: step_lib.replicate(tree, devices, pmap_devices)  # noqa: E731
   close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
                          axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
 
@@ -292,17 +334,22 @@ def _run(config: TrainConfig) -> dict[str, Any]:
                           _describe(position) if position else None)
       progress = _progress(steps_per_epoch - start_step, f"epoch {epoch}",
                            is_main and config.progress)
-      pending, last, done = None, None, start_step
+      # The epoch's metric sums and skip counts stay on the devices, read every PROGRESS_EVERY
+      # steps (the progress bar's loss, the stop rule for skipped steps) and at the end.
+      totals = on_devices((metrics_lib.new_totals(tasks, config.metrics), new_skip_counts(tasks)))
+      done = start_step
       for batch in itertools.islice(train_loader.epoch(epoch, start_step),
                                     steps_per_epoch - start_step):
-        state, outputs = train(state, batch)
+        state, totals, last = train(state, totals, batch)
         done += 1
-        if pending is not None:  # read the previous step while this one runs
-          last = _consume(pending, train_metrics, progress, skips)
-        pending = outputs
+        if (done - start_step) % PROGRESS_EVERY == 0:
+          skips.update(_host(totals[1]))
+          progress.update(PROGRESS_EVERY)
+          progress.set_postfix(loss=f"{float(_host(last['loss'])):.4f}")
         if stop.signal_number is not None and done < steps_per_epoch:
-          _consume(pending, train_metrics, progress, skips)
           progress.close()
+          skips.update(_host(totals[1]))
+          train_metrics.add_totals(_host(totals[0]))
           position = {"epoch": epoch, "step_in_epoch": done, "config": config.to_dict(),
                       "train_metrics": train_metrics.to_json()}
           checkpoints.save(int(_host_scalar(state.step)), _host(state), position)
@@ -312,8 +359,10 @@ def _run(config: TrainConfig) -> dict[str, Any]:
               f"{name}: stopped in epoch {epoch} after step {done} of {steps_per_epoch}; the exact "
               f"position is saved in {checkpoints.directory}. Continue with the same command and "
               f"--resume (--workdir={workdir}).", stop.signal_number)
-      last = _consume(pending, train_metrics, progress, skips)
       progress.close()
+      skips.update(_host(totals[1]))
+      train_metrics.add_totals(_host(totals[0]))
+      last = _host(last)
       start_step = 0
       if skips.total == steps_per_epoch:
         raise RunError(f"every training step of epoch {epoch} had a non-finite loss, gradient or "
@@ -329,14 +378,11 @@ def _run(config: TrainConfig) -> dict[str, Any]:
         record["skipped_steps"] = {"count": skips.total, "non_finite_tasks": skips.by_task}
         say(f"epoch {epoch}: skipped {skips.describe()}")
       for split, loader in eval_loaders.items():
-        accumulator = metrics_lib.Accumulator(tasks, config.metrics)
-        pending = None
+        totals = on_devices(metrics_lib.new_totals(tasks, config.metrics))
         for batch in loader.epoch(0):
-          outputs = evaluate(state, batch)
-          if pending is not None:
-            _consume(pending, accumulator)
-          pending = outputs
-        _consume(pending, accumulator)
+          totals = evaluate(state, totals, batch)
+        accumulator = metrics_lib.Accumulator(tasks, config.metrics)
+        accumulator.add_totals(_host(totals))
         record[split] = accumulator.result()
       record["seconds"] = time.perf_counter() - started
       log.epoch(record)
@@ -399,16 +445,17 @@ def _describe(position: dict[str, Any]) -> str:
 
 
 def _host_scalar(x) -> Any:
-  return np.asarray(x[0])
+  return _host(x)
 
 
 class SkipCounter:
-  """Counts training steps skipped for a non-finite loss, gradient or update; stops the run after
-  `limit` consecutive ones, naming the tasks and the epoch."""
+  """Reads the device's counts of skipped training steps (`count_skips`); stops the run once
+  `limit` consecutive ones were counted (checked every PROGRESS_EVERY steps and at the end of the
+  epoch), naming the tasks and the epoch."""
 
   def __init__(self, epoch: int, limit: int, last_checkpoint: str | None):
     self.epoch, self.limit, self.last_checkpoint = epoch, limit, last_checkpoint
-    self.total, self.consecutive = 0, 0
+    self.total, self.longest = 0, 0
     self.by_task: dict[str, int] = {}
 
   def describe(self) -> str:
@@ -416,36 +463,15 @@ class SkipCounter:
              or "gradients or updates")
     return f"{self.total} step(s), non-finite: {tasks}"
 
-  def step(self, host: dict[str, Any]) -> bool:
-    """Records one step's outputs; True when it was skipped."""
-    if not bool(host["skipped"]):
-      self.consecutive = 0
-      return False
-    self.total += 1
-    self.consecutive += 1
-    for task, loss in host["task_losses"].items():
-      if not np.isfinite(loss):
-        self.by_task[task] = self.by_task.get(task, 0) + 1
-    if self.consecutive >= self.limit:
+  def update(self, counts: dict[str, Any]) -> None:
+    """Takes the epoch's counts so far (host numpy)."""
+    self.total, self.longest = int(counts["total"]), int(counts["longest"])
+    self.by_task = {t: int(n) for t, n in counts["by_task"].items() if int(n)}
+    if self.longest >= self.limit:
       kept = (f"the {self.last_checkpoint} stays the latest"
               if self.last_checkpoint is not None else "no checkpoint was written")
-      raise RunError(f"{self.consecutive} consecutive training steps of epoch {self.epoch} had a "
+      raise RunError(f"{self.limit} consecutive training steps of epoch {self.epoch} had a "
                      f"non-finite loss, gradient or update ({self.describe()}); stopping: {kept}")
-    return True
-
-
-def _consume(outputs, accumulator: metrics_lib.Accumulator, progress=None,
-             skips: SkipCounter | None = None) -> dict[str, Any]:
-  """Moves one step's small outputs to the host and adds them up (this waits for that step).
-
-  A skipped training step adds nothing to the epoch's metrics."""
-  host = _host(outputs)
-  if skips is None or not skips.step(host):
-    accumulator.add(host["sums"], host["task_losses"])
-  if progress is not None:
-    progress.update(1)
-    progress.set_postfix(loss=f"{float(host['loss']):.4f}")
-  return host
 
 
 class _NoProgress:

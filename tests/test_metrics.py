@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +126,38 @@ def test_delta_m_against_a_hand_worked_baseline():
   assert metrics.delta_m(results, baseline) == pytest.approx(0.0, abs=1e-9)
   results["depth"]["abs_error"] = 0.45
   assert metrics.delta_m(results, baseline) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("mode", metrics.MODES)
+def test_device_totals_give_the_metrics_of_batch_by_batch_adding_skipped_steps_excluded(mode):
+  """An epoch's sums kept on the device (float sums with their rounding error) and read once give
+  what adding every batch on the host in float64 gives; a step marked not included adds nothing."""
+  batches = random_batches(2, count=4)
+  rng = np.random.default_rng(5)
+  losses = [{t.name: np.float32(rng.uniform(0.5, 2)) for t in NYU} for _ in batches]
+  included = [True, False, True, True]
+  host = metrics.Accumulator(NYU, mode)
+  for (outputs, targets), loss, keep in zip(batches, losses, included):
+    if keep:
+      host.add(metrics.batch_sums(NYU, outputs, targets), loss)
+  totals = metrics.new_totals(NYU, mode)
+  chex.assert_trees_all_equal_shapes_and_dtypes(  # the shapes new_totals assumes
+      metrics.sums_shapes(NYU), jax.eval_shape(lambda: metrics.batch_sums(NYU, *batches[0])))
+  add = jax.jit(metrics.add_to_totals)
+  for (outputs, targets), loss, keep in zip(batches, losses, included):
+    totals = add(totals, metrics.batch_sums(NYU, outputs, targets), loss, keep)
+  device = metrics.Accumulator(NYU, mode)
+  device.add_totals(jax.tree_util.tree_map(np.asarray, totals))
+  chex.assert_trees_all_close(device.result(), host.result(), rtol=1e-6)
+  assert int(totals["batches"]) == 3
+
+
+def test_pair_sums_keep_what_float32_addition_loses():
+  add = jax.jit(metrics._pair_add)  # pylint: disable=protected-access
+  pair = np.zeros(2, np.float32)
+  plain = np.float32(0)
+  for _ in range(1000):
+    pair = add(pair, np.float32(0.1))
+    plain = np.float32(plain + np.float32(0.1))
+  exact = 1000 * np.float64(np.float32(0.1))
+  assert abs(float(pair[0]) + float(pair[1]) - exact) < 1e-9 < abs(float(plain) - exact)

@@ -356,7 +356,8 @@ def test_a_run_stops_after_consecutive_non_finite_steps_keeping_its_last_checkpo
                           max_skipped_steps=2))
   message = str(error.value)
   assert "2 consecutive training steps of epoch 1" in message
-  assert "depth 2x" in message and "segmentation" not in message
+  # Counted on the device, read at the end of the epoch (3 steps): all three were skipped.
+  assert "depth 3x" in message and "segmentation" not in message
   assert "the checkpoint after epoch 0 stays the latest" in message
   checkpoints = Checkpointer(tmp_path / "run" / "checkpoints")
   assert checkpoints.record(checkpoints.latest())["epoch"] == 1  # epochs completed
