@@ -67,6 +67,9 @@ class TrainConfig:
   eval_batch_size: int = option(0, "evaluation batch size (0: --batch_size)",
                                 check=schema.at_least(0))
   lr: float = option(1e-4, "Adam's learning rate", defines_run=True, check=_POSITIVE)
+  grad_clip_norm: float = option(
+      0.0, "clip the gradient to this global norm before Adam (0: no clipping, as the reference)",
+      defines_run=True, check=(lambda v: v >= 0 and v == v, "a number >= 0"))
   lr_halve_epoch: int = option(100, "halve the learning rate after this epoch (0: never)",
                                defines_run=True, check=schema.at_least(0))
   steps_per_epoch: int = option(0, "at most this many steps per epoch (0: full epochs)",

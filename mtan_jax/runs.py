@@ -109,7 +109,8 @@ def restore_model(run: Run):
   config = run.config
   model = build_model(config.model, run.tasks, width_mult=config.width_mult, dtype=config.dtype)
   weighting = weighting_lib.build(config.weighting, run.tasks, **config.weighting_options)
-  optimizer = step_lib.make_optimizer(config.lr, max(config.lr_halve_epoch, 1))
+  optimizer = step_lib.make_optimizer(config.lr, max(config.lr_halve_epoch, 1),
+                                      config.grad_clip_norm)
   abstract = jax.eval_shape(lambda: step_lib.create_train_state(
       model, weighting, optimizer, config.resolution, config.seed))
   if not (run.path / "checkpoints").is_dir():

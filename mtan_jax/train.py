@@ -273,7 +273,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
                       bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
   weighting = weighting_lib.build(config.weighting, tasks, **config.weighting_options)
   halve_steps = config.lr_halve_epoch * steps_per_epoch
-  optimizer = step_lib.make_optimizer(config.lr, halve_steps)
+  optimizer = step_lib.make_optimizer(config.lr, halve_steps, config.grad_clip_norm)
 
   # State: fresh, or the newest intact checkpoint (damaged ones are said and moved aside).
   checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)

@@ -93,12 +93,15 @@ def create_train_state(model: nn.Module, weighting: Weighting, optimizer: optax.
                     weighting_state=weighting_state, rng=jax.random.key_data(state_key))
 
 
-def make_optimizer(lr: float, halve_after_steps: int) -> optax.GradientTransformation:
+def make_optimizer(lr: float, halve_after_steps: int,
+                   clip_norm: float = 0.0) -> optax.GradientTransformation:
   """Adam (PyTorch's defaults: betas 0.9 / 0.999, eps 1e-8, no weight decay) whose learning rate is
-  halved after `halve_after_steps` steps (the reference's StepLR at epoch 100; 0: never)."""
+  halved after `halve_after_steps` steps (the reference's StepLR at epoch 100; 0: never), after
+  clipping the gradient to global norm `clip_norm` when it is > 0 (the reference does not clip)."""
   schedule = (optax.piecewise_constant_schedule(lr, {halve_after_steps: 0.5})
               if halve_after_steps > 0 else optax.constant_schedule(lr))
-  return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+  adam = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
 
 
 def _task_losses(tasks, outputs, batch, axis_name):

@@ -105,3 +105,33 @@ def test_resume_keeps_the_first_config_refuses_defining_changes_and_records_the_
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert "config_changes" not in records[0]
   assert records[1]["config_changes"] == {"epochs": [1, 2], "keep_checkpoints": [3, 2]}
+
+
+def test_gradient_clipping_is_adam_on_the_clipped_gradient():
+  """The `--grad_clip_norm` option (added with its schema only): two Adam steps on gradients of
+  global norm 5 and 0.5 with clipping at 1 are numpy's Adam on the clipped gradients."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mtan_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  config, _ = cli.parse(["--grad_clip_norm=1", "--workdir=w"], "nyuv2")
+  assert config.grad_clip_norm == 1.0 and "grad_clip_norm" in schema.defining_paths(TrainConfig)
+  optimizer = step_lib.make_optimizer(1e-2, 0, config.grad_clip_norm)
+  params = {"w": np.array([1.0, -2.0], np.float32), "b": np.array([0.5], np.float32)}
+  state = optimizer.init(params)
+  m = {k: np.zeros_like(v, np.float64) for k, v in params.items()}
+  v = {k: np.zeros_like(x, np.float64) for k, x in params.items()}
+  expected = {k: x.astype(np.float64) for k, x in params.items()}
+  for t, scale in ((1, 5.0), (2, 0.5)):
+    grads = {"w": np.array([0.6, 0.8], np.float32) * scale,  # global norm = scale
+             "b": np.array([0.0], np.float32)}
+    norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
+    for k, g in grads.items():
+      clipped = g * min(1.0, 1.0 / norm)
+      m[k] = 0.9 * m[k] + 0.1 * clipped
+      v[k] = 0.999 * v[k] + 0.001 * clipped ** 2
+      expected[k] -= 1e-2 * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+    updates, state = optimizer.update(grads, state, params)
+    params = {k: params[k] + np.asarray(updates[k]) for k in params}
+  for k in params:
+    np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-7)
+  with pytest.raises(ConfigError, match="--grad_clip_norm: expected a number >= 0, found -1.0"):
+    dataclasses.replace(config, grad_clip_norm=-1.0).validate()
