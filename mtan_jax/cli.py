@@ -17,6 +17,7 @@ import threading
 import types
 import typing
 
+from mtan_jax import datasets as datasets_lib
 from mtan_jax import schema
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.config import TrainConfig
@@ -159,7 +160,7 @@ def main(argv: list[str] | None, dataset: str) -> dict:
     source = pipeline.locate(dataclasses.replace(config.data, dataset=dataset))
     if config.data.release_dir is None:
       height, width = config.resolution
-      kind = "indoor" if dataset == "nyuv2" else "street"
+      kind = datasets_lib.get(dataset).synthetic_kind
       print(f"Training on the built-in synthetic scenes ({kind}, {height}x{width}, quick preset; "
             f"{source.describe()}); pass "
             f"--data_dir=RELEASE_FOLDER for the real {dataset} data.", flush=True)

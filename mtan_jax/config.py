@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+from mtan_jax import datasets as datasets_lib
 from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data.pipeline import DataConfig
@@ -114,6 +115,11 @@ class TrainConfig:
     """Refuses values no run can use before anything is built, written or compiled; returns self.
     The checks are the schema's (each field's choices and check) and the weighting's options."""
     problems = schema.check(self)
+    if self.dataset in datasets_lib.NAMES:
+      classes = datasets_lib.get(self.dataset).classes
+      if self.data.num_classes is not None and self.data.num_classes not in classes:
+        problems.append(f"--num_classes: expected one of {classes} for {self.dataset}, found "
+                        f"{self.data.num_classes}")
     from mtan_jax import weighting  # pylint: disable=import-outside-toplevel
     if self.weighting in weighting.NAMES:
       problems += weighting.option_problems(self.weighting, self.weighting_options)

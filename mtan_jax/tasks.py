@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 
+from mtan_jax import datasets as datasets_lib
+
 SEGMENTATION = "segmentation"
 DEPTH = "depth"
 NORMAL = "normal"
 TASK_NAMES = (SEGMENTATION, DEPTH, NORMAL)
 
-# The datasets of the paper and their segmentation class counts.
+# The datasets of the paper (their facts: `mtan_jax.datasets`).
 NYUV2 = "nyuv2"
 CITYSCAPES = "cityscapes"
-DATASETS = (NYUV2, CITYSCAPES)
+DATASETS = datasets_lib.NAMES
 # The image size (height, width) of each dataset's MTAN release, used wherever none is given.
-DEFAULT_RESOLUTION = {NYUV2: (288, 384), CITYSCAPES: (128, 256)}
+DEFAULT_RESOLUTION = {name: spec.default_resolution for name, spec in datasets_lib.DATASETS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +70,8 @@ def dataset_tasks(dataset: str, names: tuple[str, ...] | None = None,
   NYUv2: 13-class segmentation, depth, normals. CityScapes: 7-class segmentation (19 with
   `num_classes=19`) and depth.
   """
-  if dataset == NYUV2:
-    classes, available = 13, (SEGMENTATION, DEPTH, NORMAL)
-  elif dataset == CITYSCAPES:
-    classes, available = 7, (SEGMENTATION, DEPTH)
-  else:
-    raise ValueError(f"dataset: expected one of {DATASETS}, found {dataset!r}")
+  spec = datasets_lib.get(dataset)
+  classes, available = spec.default_classes, spec.tasks
   if num_classes is not None:
     classes = num_classes
   names = available if names is None else tuple(names)

@@ -25,6 +25,7 @@ import numpy as np
 
 from mtan_jax import checkpoint as checkpoint_lib
 from mtan_jax import config as config_lib
+from mtan_jax import datasets as datasets_lib
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import rundir
 from mtan_jax import runlog
@@ -253,7 +254,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
   global_devices = len(devices) * jax.process_count()
   loader_args = dict(local_devices=len(devices), seed=config.seed, workers=config.workers,
                      process_index=jax.process_index(), process_count=jax.process_count(),
-                     depth_power=1 if config.dataset == "nyuv2" else -1)
+                     depth_power=datasets_lib.get(config.dataset).depth_power)
   progress = is_main and config.progress  # also the dataset build's bar, if it is built now
   train_loader = pipeline.Loader(pipeline.open_split(data_config, "train", tasks,
                                                      progress=progress),

@@ -135,3 +135,17 @@ def test_gradient_clipping_is_adam_on_the_clipped_gradient():
     np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-7)
   with pytest.raises(ConfigError, match="--grad_clip_norm: expected a number >= 0, found -1.0"):
     dataclasses.replace(config, grad_clip_norm=-1.0).validate()
+
+
+def test_dataset_facts_come_from_the_registry():
+  from mtan_jax import datasets, tasks  # pylint: disable=import-outside-toplevel
+  city = datasets.get("cityscapes")
+  assert [t.name for t in tasks.dataset_tasks("cityscapes")] == list(city.tasks)
+  assert tasks.dataset_tasks("cityscapes")[0].channels == city.default_classes == 7
+  assert city.label_field(19) == "label_19" and city.depth_power == -1
+  assert tasks.DEFAULT_RESOLUTION["nyuv2"] == datasets.get("nyuv2").default_resolution
+  with pytest.raises(ValueError, match=r"dataset: expected one of \('nyuv2', 'cityscapes'\)"):
+    datasets.get("kitti")
+  config, _ = cli.parse(["--num_classes=13", "--workdir=w"], "cityscapes")
+  with pytest.raises(ConfigError, match=r"--num_classes: expected one of \(7, 19\) for cityscapes"):
+    config.validate()

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from mtan_jax import datasets as datasets_lib
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
@@ -115,19 +116,27 @@ class ResolutionConfig(tfds.core.BuilderConfig):
   width: int = 384
 
 
+def _published(dataset: str) -> list[ResolutionConfig]:
+  """A config per resolution the dataset's release comes in (`datasets`)."""
+  return [ResolutionConfig(name=f"{h}x{w}", height=h, width=w)
+          for h, w in datasets_lib.get(dataset).resolutions]
+
+
 class MtanNyuv2(_ReleaseBuilder):
   """NYUv2 as published with MTAN: 13-class segmentation, depth (m), normals; 288x384."""
 
   LAYOUT = release.NYUV2
-  BUILDER_CONFIGS = [ResolutionConfig(name="288x384", height=288, width=384)]
+  BUILDER_CONFIGS = _published("nyuv2")
 
 
 class MtanCityscapes(_ReleaseBuilder):
   """CityScapes as published with MTAN: 7- and 19-class segmentation, inverse depth."""
 
   LAYOUT = release.CITYSCAPES
-  BUILDER_CONFIGS = [ResolutionConfig(name="128x256", height=128, width=256),
-                     ResolutionConfig(name="256x512", height=256, width=512)]
+  BUILDER_CONFIGS = _published("cityscapes")
+
+
+RELEASE_BUILDERS = {"nyuv2": MtanNyuv2, "cityscapes": MtanCityscapes}  # by `datasets` name
 
 
 @dataclasses.dataclass
@@ -221,10 +230,10 @@ def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | Non
     raise ValueError(f"dataset: expected one of {tuple(release.LAYOUTS)}, found {dataset!r}")
   height, width = resolution or tasks_lib.DEFAULT_RESOLUTION[dataset]
   if release_dir is None:
-    config = synthetic_config("indoor" if dataset == "nyuv2" else "street", height, width,
+    config = synthetic_config(datasets_lib.get(dataset).synthetic_kind, height, width,
                               *synthetic_size, seed=seed)
     return MtanSynthetic(config=config, data_dir=data_dir, progress=progress)
-  cls = MtanNyuv2 if dataset == "nyuv2" else MtanCityscapes
+  cls = RELEASE_BUILDERS[dataset]
   published = [c.name for c in cls.BUILDER_CONFIGS]
   if f"{height}x{width}" not in published:
     raise release.ReleaseError(f"{dataset} release resolution: the release comes in "

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mtan_jax import datasets as datasets_lib
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import augment as augment_lib
 from mtan_jax.data import builders
@@ -59,7 +60,7 @@ class DataConfig:
   """Where the data comes from and how it is split and augmented (each field's schema: `option`)."""
 
   dataset: str = option("nyuv2", "the dataset (set by the experiment script)", defines_run=True,
-                        flag=False, choices=tuple(tasks_lib.DEFAULT_RESOLUTION))
+                        flag=False, choices=datasets_lib.NAMES)
   release_dir: str | None = option(
       None, "release folder; none: the built-in synthetic scenes (quick preset)",
       defines_run=True, flag="data_dir")
@@ -70,8 +71,8 @@ class DataConfig:
       "multiple of 32)", defines_run=True, parse=parse_resolution,
       show=lambda v: f"{v[0]}x{v[1]}",
       check=(_resolution_ok, "HEIGHTxWIDTH, both positive multiples of 32 (five 2x2 poolings)"))
-  num_classes: int | None = option(None, "CityScapes: 7 or 19 classes", defines_run=True,
-                                   check=(lambda v: v is None or v in (7, 13, 19), "7 or 19"))
+  num_classes: int | None = option(None, "segmentation classes: CityScapes 7 or 19 (none: the "
+                                   "dataset's first)", defines_run=True)
   synthetic_size: tuple[int, int] = option(
       (795, 654), "synthetic train,test example counts", defines_run=True, parse=parse_pair,
       check=(lambda v: min(v) >= 1, "at least one train and one test example"))
@@ -205,10 +206,9 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
     if len(positions) == 0:
       raise ValueError(f"validation_fraction {config.validation_fraction} of {len(source)} "
                        f"examples leaves split {split!r} empty")
-  classes = config.num_classes or (13 if config.dataset == "nyuv2" else 7)
-  label_field = "label" if config.dataset == "nyuv2" else f"label_{classes}"
-  if config.dataset == "cityscapes" and classes not in (7, 19):
-    raise ValueError(f"num_classes for cityscapes: expected 7 or 19, found {classes}")
+  spec = datasets_lib.get(config.dataset)
+  classes = config.num_classes or spec.default_classes
+  label_field = spec.label_field(classes)
   info = b.info.splits["test" if split == "test" else "train"]
   shards = list(zip((str(p) for p in info.filepaths), info.shard_lengths))
   folder = builders.TFDS_SPLITS["test" if split == "test" else "train"]
