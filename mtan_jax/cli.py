@@ -167,7 +167,9 @@ def main(argv: list[str] | None, dataset: str) -> dict:
     else:
       print(f"Training on the {dataset} {source.describe()}.", flush=True)
     enable_compilation_cache(args.compilation_cache)
-    return train.run(config)
+    result = train.run(config)
+    draw_curves(config.workdir)
+    return result
   except train.RunInterrupted as stopped:
     print(stopped, flush=True)
     raise SystemExit(128 + stopped.signal_number)
@@ -179,6 +181,20 @@ def main(argv: list[str] | None, dataset: str) -> dict:
           checkpoint.CheckpointError, OSError) as error:  # said plainly, without a traceback
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(1)
+
+
+def draw_curves(workdir) -> None:
+  """The run's curves into `workdir/curves.png` (process 0); a run that cannot be drawn (no
+  matplotlib, say) is complete all the same, so a failure is a warning."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mtan_jax import plot  # pylint: disable=import-outside-toplevel
+  if jax.process_index() != 0:
+    return
+  output = pathlib.Path(workdir) / "curves.png"
+  try:
+    print(f"Curves: {plot.curves([workdir], output)}", flush=True)
+  except Exception as error:  # pylint: disable=broad-except
+    print(f"warning: could not draw {output}: {type(error).__name__}: {error}", flush=True)
 
 
 def train_nyuv2() -> None:

@@ -231,202 +231,283 @@ def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path,
   return {}
 
 
+@dataclasses.dataclass
+class _Place:
+  """Where a run executes: its devices (`pmap_devices` None: all of every process) and whether
+  this is the process that writes logs and says things."""
+
+  devices: list
+  pmap_devices: list | None
+  is_main: bool
+
+  @property
+  def global_count(self) -> int:
+    return len(self.devices) * jax.process_count()
+
+  def say(self, *args) -> None:
+    if self.is_main:
+      print(*args, flush=True)
+
+  def replicate(self, tree):
+    return step_lib.replicate(tree, self.devices, self.pmap_devices)
+
+
+@dataclasses.dataclass
+class _Data:
+  train: pipeline.Loader
+  evaluation: dict[str, pipeline.Loader]
+  steps_per_epoch: int
+
+
+@dataclasses.dataclass
+class _Steps:
+  """The compiled programs of a run and what they need."""
+
+  train: MemoryCheckedStep
+  evaluate: MemoryCheckedStep
+  close_epoch: Any
+  halve_steps: int
+
+
 def _run(config: TrainConfig) -> dict[str, Any]:
-  """`run` once the run folder is owned."""
-  # Devices and hosts.
+  """`run` once the run folder is owned: a few phases, top to bottom."""
+  place = _devices(config)
+  workdir = pathlib.Path(config.workdir)
+  changes = _claim_run_folder(config, workdir, place.is_main)
+  tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
+  with contextlib.ExitStack() as resources:
+    data = _open_data(config, tasks, place, resources)
+    model, weighting, optimizer = _build(config, tasks, data.steps_per_epoch)
+    checkpoints = resources.enter_context(_checkpoints_closed(
+        checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)))
+    state, position = _initial_state(config, workdir, place, checkpoints, changes,
+                                     model, weighting, optimizer)
+    steps = _compile(config, tasks, place, model, weighting, optimizer, data.steps_per_epoch)
+    log = resources.enter_context(contextlib.closing(runlog.RunLog(
+        workdir, enabled=place.is_main, first_epoch=int(_host(state.epoch)))))
+    state = _train(config, tasks, place, data, steps, checkpoints, log, state, position, changes)
+  return _summarise(workdir, place, state)
+
+
+def _devices(config: TrainConfig) -> _Place:
   devices = jax.local_devices()
-  pmap_devices = None  # all devices of all processes, each process feeding its local ones
+  pmap_devices = None
   if config.devices > 0:
     if config.devices > len(devices) or jax.process_count() > 1:
       raise RunError(f"devices: {config.devices} asked for; {len(devices)} local device(s) found"
                      f" in {jax.process_count()} process(es) (a subset is for one process only)")
     devices = pmap_devices = devices[:config.devices]
-  is_main = jax.process_index() == 0
-  say = functools.partial(print, flush=True) if is_main else (lambda *a, **k: None)
+  return _Place(devices, pmap_devices, jax.process_index() == 0)
 
-  # The run folder.
-  workdir = pathlib.Path(config.workdir)
-  changes = _claim_run_folder(config, workdir, is_main)
 
-  # Data.
-  tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
-  data_config = dataclasses.replace(config.data, dataset=config.dataset)
-  global_devices = len(devices) * jax.process_count()
-  loader_args = dict(local_devices=len(devices), seed=config.seed, workers=config.workers,
+def _open_data(config: TrainConfig, tasks, place: _Place,
+               resources: contextlib.ExitStack) -> _Data:
+  """The loaders (built first if needed), closed with `resources`."""
+  loader_args = dict(local_devices=len(place.devices), seed=config.seed, workers=config.workers,
                      process_index=jax.process_index(), process_count=jax.process_count(),
                      depth_power=datasets_lib.get(config.dataset).depth_power)
-  progress = is_main and config.progress  # also the dataset build's bar, if it is built now
-  train_loader = pipeline.Loader(pipeline.open_split(data_config, "train", tasks,
-                                                     progress=progress),
-                                 global_batch_size=config.batch_size, shuffle=True,
-                                 augment=config.data.augment, drop_remainder=True, **loader_args)
-  eval_batch = config.eval_batch_size or config.batch_size
-  eval_splits = ["test"] + (["validation"] if config.data.validation_fraction > 0 else [])
-  eval_loaders = {split: pipeline.Loader(pipeline.open_split(data_config, split, tasks,
-                                                            progress=progress),
-                                         global_batch_size=eval_batch, **loader_args)
-                  for split in eval_splits}
-  steps_per_epoch = len(train_loader) if config.steps_per_epoch <= 0 else min(
-      config.steps_per_epoch, len(train_loader))
+  progress = place.is_main and config.progress  # also the dataset build's bar
+  split = lambda name: pipeline.open_split(config.data, name, tasks, progress=progress)  # noqa: E731
+  train = resources.enter_context(pipeline.Loader(
+      split("train"), global_batch_size=config.batch_size, shuffle=True,
+      augment=config.data.augment, drop_remainder=True, **loader_args))
+  evaluation = {name: resources.enter_context(pipeline.Loader(
+      split(name), global_batch_size=config.eval_batch_size or config.batch_size, **loader_args))
+      for name in ["test"] + (["validation"] if config.data.validation_fraction > 0 else [])}
+  steps = len(train) if config.steps_per_epoch <= 0 else min(config.steps_per_epoch, len(train))
+  return _Data(train, evaluation, steps)
 
-  # Model, weighting, optimizer.
+
+def _build(config: TrainConfig, tasks, steps_per_epoch: int):
+  """(model, weighting, optimizer) as the config says."""
   model = build_model(config.model, tasks, width_mult=config.width_mult, dtype=config.dtype,
                       bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
   weighting = weighting_lib.build(config.weighting, tasks, **config.weighting_options)
-  halve_steps = config.lr_halve_epoch * steps_per_epoch
-  optimizer = step_lib.make_optimizer(config.lr, halve_steps, config.grad_clip_norm)
+  optimizer = step_lib.make_optimizer(config.lr, config.lr_halve_epoch * steps_per_epoch,
+                                      config.grad_clip_norm)
+  return model, weighting, optimizer
 
-  # State: fresh, or the newest intact checkpoint (damaged ones are said and moved aside).
-  checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+
+@contextlib.contextmanager
+def _checkpoints_closed(checkpoints: checkpoint_lib.Checkpointer):
+  """Closes the checkpointer (waiting for the last save) however the run ends; a failed last save
+  is the run's error, unless another one is already on its way out."""
   try:
-    like = jax.eval_shape(lambda: step_lib.create_train_state(
-        model, weighting, optimizer, config.resolution, config.seed))
-    restored = checkpoints.restore_intact(
-        like, say, check_record=functools.partial(_check_checkpoint, config=config),
-        move_damaged=is_main)
-    if is_main and not (workdir / "config.json").exists():  # the run's first config, kept
-      (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    yield checkpoints
   except BaseException:
-    checkpoints.close()
+    try:
+      checkpoints.close()
+    except checkpoint_lib.CheckpointError:
+      pass
     raise
+  checkpoints.close()
+
+
+def _initial_state(config: TrainConfig, workdir: pathlib.Path, place: _Place,
+                   checkpoints: checkpoint_lib.Checkpointer, changes: dict[str, list[Any]],
+                   model, weighting, optimizer):
+  """(replicated state, position record): fresh, or the newest intact checkpoint's (damaged ones
+  are said and moved aside). Writes config.json for a new run."""
+  like = jax.eval_shape(lambda: step_lib.create_train_state(
+      model, weighting, optimizer, config.resolution, config.seed))
+  restored = checkpoints.restore_intact(
+      like, place.say, check_record=functools.partial(_check_checkpoint, config=config),
+      move_damaged=place.is_main)
+  if place.is_main and not (workdir / "config.json").exists():  # the run's first config, kept
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
   if restored is None:
-    position = {}
-    state = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
-                                        config.seed)
+    state, position = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
+                                                  config.seed), {}
   else:
     _, state, position = restored
-    say(f"Resuming {workdir}: {_describe(position)}."
-        + "".join(f" {k}: {was!r} -> {now!r} (recorded in metrics.jsonl)."
-                  for k, (was, now) in changes.items()))
-  start_epoch = int(state.epoch)
-  start_step = position.get("step_in_epoch", 0)
-  state = step_lib.replicate(state, devices, pmap_devices)
+    place.say(f"Resuming {workdir}: {_describe(position)}."
+              + "".join(f" {k}: {was!r} -> {now!r} (recorded in metrics.jsonl)."
+                        for k, (was, now) in changes.items()))
+  return place.replicate(state), position
 
+
+def _compile(config: TrainConfig, tasks, place: _Place, model, weighting, optimizer,
+             steps_per_epoch: int) -> _Steps:
+  """The pmapped train, evaluation and end-of-epoch programs (compiled at their first call)."""
+  eval_batch = config.eval_batch_size or config.batch_size
   train = MemoryCheckedStep(jax.pmap(functools.partial(
       _train_and_add, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
       sync_batch_stats=config.bn_statistics == "device", remat=config.remat),
-      axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0, 1)),
-      "train step", memory_advice(config, "batch_size", config.batch_size, global_devices),
-      devices[0])
+      axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(0, 1)),
+      "train step", memory_advice(config, "batch_size", config.batch_size, place.global_count),
+      place.devices[0])
   evaluate = MemoryCheckedStep(
       jax.pmap(functools.partial(_evaluate_and_add, model=model, tasks=tasks),
-               axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(1,)),
-      "evaluation step", memory_advice(config, "eval_batch_size", eval_batch, global_devices),
-      devices[0])
-  on_devices = lambda tree: step_lib.replicate(tree, devices, pmap_devices)  # noqa: E731
+               axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(1,)),
+      "evaluation step", memory_advice(config, "eval_batch_size", eval_batch, place.global_count),
+      place.devices[0])
   close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
-                         axis_name=step_lib.AXIS, devices=pmap_devices, donate_argnums=(0,))
+                         axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(0,))
+  return _Steps(train, evaluate, close_epoch, config.lr_halve_epoch * steps_per_epoch)
 
-  log = runlog.RunLog(workdir, enabled=is_main, first_epoch=start_epoch)
-  say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
-      f"{config.weighting} weighting, {steps_per_epoch} steps per epoch, global batch "
-      f"{config.batch_size} on {global_devices} device(s), epochs {start_epoch}..{config.epochs}")
-  stop = StopOnSignal()
-  failed = True
-  try:
-    stop.__enter__()
-    for epoch in range(start_epoch, config.epochs):
-      started = time.perf_counter()
-      lr = config.lr * (0.5 if 0 < halve_steps <= int(_host_scalar(state.step)) else 1.0)
-      train_metrics = metrics_lib.Accumulator(tasks, config.metrics)
-      if start_step and "train_metrics" in position:  # the interrupted epoch's sums so far
-        train_metrics.load_json(position["train_metrics"])
-      skips = SkipCounter(epoch, config.max_skipped_steps,
-                          _describe(position) if position else None)
-      progress = _progress(steps_per_epoch - start_step, f"epoch {epoch}",
-                           is_main and config.progress)
-      # The epoch's metric sums and skip counts stay on the devices, read every PROGRESS_EVERY
-      # steps (the progress bar's loss, the stop rule for skipped steps) and at the end.
-      totals = on_devices((metrics_lib.new_totals(tasks, config.metrics), new_skip_counts(tasks)))
-      done = start_step
-      for batch in itertools.islice(train_loader.epoch(epoch, start_step),
-                                    steps_per_epoch - start_step):
-        state, totals, last = train(state, totals, batch)
-        done += 1
-        if (done - start_step) % PROGRESS_EVERY == 0:
-          skips.update(_host(totals[1]))
-          progress.update(PROGRESS_EVERY)
-          progress.set_postfix(loss=f"{float(_host(last['loss'])):.4f}")
-        if stop.signal_number is not None and done < steps_per_epoch:
-          progress.close()
-          skips.update(_host(totals[1]))
-          train_metrics.add_totals(_host(totals[0]))
-          position = {"epoch": epoch, "step_in_epoch": done, "config": config.to_dict(),
-                      "train_metrics": train_metrics.to_json()}
-          checkpoints.save(int(_host_scalar(state.step)), _host(state), position)
-          checkpoints.wait()
-          name = signal.Signals(stop.signal_number).name
-          raise RunInterrupted(
-              f"{name}: stopped in epoch {epoch} after step {done} of {steps_per_epoch}; the exact "
-              f"position is saved in {checkpoints.directory}. Continue with the same command and "
-              f"--resume (--workdir={workdir}).", stop.signal_number)
-      progress.close()
-      skips.update(_host(totals[1]))
-      train_metrics.add_totals(_host(totals[0]))
-      last = _host(last)
-      start_step = 0
-      if skips.total == steps_per_epoch:
-        raise RunError(f"every training step of epoch {epoch} had a non-finite loss, gradient or "
-                       f"update ({skips.describe()}); nothing was saved from it")
-      state = close_epoch(state)
 
-      record = {"epoch": epoch, "lr": lr, "weights": {t.name: float(last["weights"][t.name])
-                                                      for t in tasks},
-                "train": train_metrics.result()}
-      if changes:  # said once, in the first epoch this process logs
-        record["config_changes"], changes = changes, {}
-      if skips.total:
-        record["skipped_steps"] = {"count": skips.total, "non_finite_tasks": skips.by_task}
-        say(f"epoch {epoch}: skipped {skips.describe()}")
-      for split, loader in eval_loaders.items():
-        totals = on_devices(metrics_lib.new_totals(tasks, config.metrics))
-        for batch in loader.epoch(0):
-          totals = evaluate(state, totals, batch)
-        accumulator = metrics_lib.Accumulator(tasks, config.metrics)
-        accumulator.add_totals(_host(totals))
-        record[split] = accumulator.result()
-      record["seconds"] = time.perf_counter() - started
-      log.epoch(record)
-      say(runlog.format_epoch(record))
-      position = {"epoch": epoch + 1, "step_in_epoch": 0, "config": config.to_dict()}
-      checkpoints.save(int(_host_scalar(state.step)), _host(state), position)
-      if stop.signal_number is not None and epoch + 1 < config.epochs:
-        checkpoints.wait()
-        raise RunInterrupted(
-            f"{signal.Signals(stop.signal_number).name}: stopped after epoch {epoch}; saved in "
-            f"{checkpoints.directory}. Continue with the same command and --resume "
-            f"(--workdir={workdir}).", stop.signal_number)
-    failed = False
-  except jax.errors.JaxRuntimeError as error:  # an allocation failed (compiling or running)
-    explained = explain_out_of_memory(error, f"epoch {epoch}", train.advice)
-    if explained is None:
-      raise
-    raise explained from error
-  finally:
-    stop.__exit__()
+def _train(config: TrainConfig, tasks, place: _Place, data: _Data, steps: _Steps,
+           checkpoints: checkpoint_lib.Checkpointer, log: runlog.RunLog, state,
+           position: dict[str, Any], changes: dict[str, list[Any]]):
+  """The epoch loop: train, evaluate, log, checkpoint; stops at a signal after saving where it
+  is. Returns the final (replicated) state."""
+  start_epoch, start_step = int(_host(state.epoch)), position.get("step_in_epoch", 0)
+  place.say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
+            f"{config.weighting} weighting, {data.steps_per_epoch} steps per epoch, global batch "
+            f"{config.batch_size} on {place.global_count} device(s), epochs "
+            f"{start_epoch}..{config.epochs}")
+  running, epoch = steps.train, start_epoch  # the program an allocation failure is blamed on
+  with StopOnSignal() as stop:
     try:
-      checkpoints.close()  # waits for the last save: its failure is the run's, unless one is
-    except checkpoint_lib.CheckpointError:  # already on its way out
-      if not failed:
+      for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        lr = config.lr * (0.5 if 0 < steps.halve_steps <= int(_host(state.step)) else 1.0)
+        running = steps.train
+        state, record, done = _train_epoch(config, tasks, place, data, steps, state, epoch,
+                                           start_step, position, stop)
+        if done < data.steps_per_epoch:  # a signal came in the middle of the epoch
+          _stop(stop, checkpoints, state, {"epoch": epoch, "step_in_epoch": done,
+                                           "config": config.to_dict(), **record},
+                f"in epoch {epoch} after step {done} of {data.steps_per_epoch}")
+        start_step = 0
+        state = steps.close_epoch(state)
+        record = {"epoch": epoch, "lr": lr, **record}
+        if changes:  # said once, in the first epoch this process logs
+          record["config_changes"], changes = changes, {}
+        running = steps.evaluate
+        for split, loader in data.evaluation.items():
+          record[split] = _evaluate(config, tasks, place, steps, state, loader)
+        record["seconds"] = time.perf_counter() - started
+        log.epoch(record)
+        place.say(runlog.format_epoch(record))
+        position = {"epoch": epoch + 1, "step_in_epoch": 0, "config": config.to_dict()}
+        checkpoints.save(int(_host(state.step)), _host(state), position)
+        if stop.signal_number is not None and epoch + 1 < config.epochs:
+          _stop(stop, checkpoints, None, None, f"after epoch {epoch}")
+    except jax.errors.JaxRuntimeError as error:  # an allocation failed (compiling or running)
+      explained = explain_out_of_memory(error, f"the {running.what} of epoch {epoch}",
+                                        running.advice)
+      if explained is None:
         raise
-    log.close()
-    train_loader.close()
-    for loader in eval_loaders.values():
-      loader.close()
+      raise explained from error
+  return state
 
+
+def _train_epoch(config: TrainConfig, tasks, place: _Place, data: _Data, steps: _Steps, state,
+                 epoch: int, start_step: int, position: dict[str, Any], stop: "StopOnSignal"):
+  """The training steps of `epoch` from `start_step`, until its end or a signal. Returns (state,
+  {"weights", "train", "skipped_steps"?} or, after a signal, {"train_metrics"}, steps done)."""
+  train_metrics = metrics_lib.Accumulator(tasks, config.metrics)
+  if start_step and "train_metrics" in position:  # the interrupted epoch's sums so far
+    train_metrics.load_json(position["train_metrics"])
+  skips = SkipCounter(epoch, config.max_skipped_steps, _describe(position) if position else None)
+  progress = _progress(data.steps_per_epoch - start_step, f"epoch {epoch}",
+                       place.is_main and config.progress)
+  # The epoch's metric sums and skip counts stay on the devices, read every PROGRESS_EVERY steps
+  # (the progress bar's loss, the stop rule for skipped steps) and at the end.
+  totals = place.replicate((metrics_lib.new_totals(tasks, config.metrics),
+                            new_skip_counts(tasks)))
+  done = start_step
+  with contextlib.closing(progress):
+    for batch in itertools.islice(data.train.epoch(epoch, start_step),
+                                  data.steps_per_epoch - start_step):
+      state, totals, last = steps.train(state, totals, batch)
+      done += 1
+      if (done - start_step) % PROGRESS_EVERY == 0:
+        skips.update(_host(totals[1]))
+        progress.update(PROGRESS_EVERY)
+        progress.set_postfix(loss=f"{float(_host(last['loss'])):.4f}")
+      if stop.signal_number is not None and done < data.steps_per_epoch:
+        break
+  skips.update(_host(totals[1]))
+  train_metrics.add_totals(_host(totals[0]))
+  if done < data.steps_per_epoch:
+    return state, {"train_metrics": train_metrics.to_json()}, done
+  if skips.total == data.steps_per_epoch:
+    raise RunError(f"every training step of epoch {epoch} had a non-finite loss, gradient or "
+                   f"update ({skips.describe()}); nothing was saved from it")
+  last = _host(last)
+  record = {"weights": {t.name: float(last["weights"][t.name]) for t in tasks},
+            "train": train_metrics.result()}
+  if skips.total:
+    record["skipped_steps"] = {"count": skips.total, "non_finite_tasks": skips.by_task}
+    place.say(f"epoch {epoch}: skipped {skips.describe()}")
+  return state, record, done
+
+
+def _evaluate(config: TrainConfig, tasks, place: _Place, steps: _Steps, state,
+              loader: pipeline.Loader) -> dict[str, dict[str, float]]:
+  """One split's metrics, its sums added on the devices and read once."""
+  totals = place.replicate(metrics_lib.new_totals(tasks, config.metrics))
+  for batch in loader.epoch(0):
+    totals = steps.evaluate(state, totals, batch)
+  accumulator = metrics_lib.Accumulator(tasks, config.metrics)
+  accumulator.add_totals(_host(totals))
+  return accumulator.result()
+
+
+def _stop(stop: "StopOnSignal", checkpoints: checkpoint_lib.Checkpointer, state,
+          position: dict[str, Any] | None, where: str) -> None:
+  """The one way a signal ends a run: save `state` at `position` (None: the epoch's checkpoint is
+  already on its way), wait for the save, and raise RunInterrupted saying how to continue."""
+  if state is not None:
+    checkpoints.save(int(_host(state.step)), _host(state), position)
+  checkpoints.wait()
+  name = signal.Signals(stop.signal_number).name
+  raise RunInterrupted(f"{name}: stopped {where}; the exact position is saved in "
+                       f"{checkpoints.directory}. Continue with the same command and --resume "
+                       f"(--workdir={checkpoints.directory.parent}).", stop.signal_number)
+
+
+def _summarise(workdir: pathlib.Path, place: _Place, state) -> dict[str, Any]:
+  """The mean of the last 10 epochs (as the paper reports) into summary.json; the result."""
   records = runlog.read_records(workdir)
   summary = runlog.last_epochs_mean(records)
-  if is_main and summary:
+  if place.is_main and summary:
     count = min(runlog.LAST_EPOCHS, len(records))
     (workdir / "summary.json").write_text(json.dumps(
         {"last_epochs": count, "test": runlog.json_safe(summary)}, indent=1))
-    say(runlog.format_summary(summary, count))
-  if is_main and records:
-    from mtan_jax import plot  # pylint: disable=import-outside-toplevel
-    try:
-      say(f"Curves: {plot.curves([workdir], workdir / 'curves.png')}")
-    except Exception as error:  # pylint: disable=broad-except  (the run itself is complete)
-      say(f"warning: could not draw {workdir / 'curves.png'}: {type(error).__name__}: {error}")
+    place.say(runlog.format_summary(summary, count))
   return {"records": records, "summary": summary, "state": _host(state)}
 
 
@@ -443,10 +524,6 @@ def _describe(position: dict[str, Any]) -> str:
   if position.get("step_in_epoch", 0):
     return f"checkpoint in epoch {position['epoch']} after step {position['step_in_epoch']}"
   return f"checkpoint after epoch {position['epoch'] - 1}"
-
-
-def _host_scalar(x) -> Any:
-  return _host(x)
 
 
 class SkipCounter:

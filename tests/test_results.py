@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from mtan_jax import cli
 from mtan_jax import plot
 from mtan_jax import report
 from mtan_jax import tasks as tasks_lib
@@ -34,6 +35,7 @@ def runs(tmp_path_factory):
                           workdir=str(root / name), progress=False, workers=1, steps_per_epoch=1,
                           data=DataConfig(data_dir=str(root / "tfds"), resolution=(32, 32),
                                           synthetic_size=(4, 2))))
+    cli.draw_curves(root / name)  # as the experiment scripts do after training
     return root / name
 
   return {"split": make("split", "split_standard", TWO_TASKS),

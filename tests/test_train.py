@@ -235,6 +235,7 @@ def test_the_experiment_script_end_to_end(tmp_path):
   lines = result.stdout.splitlines()
   assert lines[0].startswith("Training on the built-in synthetic scenes")
   assert any(line.startswith("Mean of the last 3 epochs") for line in lines)
+  assert lines[-1] == f"Curves: {workdir / 'curves.png'}" and (workdir / "curves.png").is_file()
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert len(records) == 3 and records[2]["weights"]["depth"] != 1.0
   # Checkpoints are named by optimizer step: 3 steps per epoch.
