@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared accelerator run of issue 6: one call, most important measurements first.
+# The prepared accelerator run: one call, the most important measurements first.
 #
 #   bash benchmarks/gpu.sh OUT_DIR                      # on a GPU (or TPU), full size
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \

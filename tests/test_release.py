@@ -76,7 +76,7 @@ def test_release_resolution_must_be_published(tmp_path):
 
 
 def damage(kind):
-  """Each bad input of the issue, as (function that damages a release, expected message parts)."""
+  """Each bad input a release can have, as (function that damages a release, expected message parts)."""
   def missing_root(root):
     return root / "nowhere"
 
