@@ -114,3 +114,58 @@ def test_bad_official_files_are_named(official):
     cityscapes.load(example, 32, 64)
   with pytest.raises(ReleaseError, match="folder .*leftImg8bit/test is missing"):
     cityscapes.pair_files(root, "test")
+
+
+def test_the_official_layout_is_recognised_built_and_read_as_the_release(official, capsys):
+  from mtan_jax import tasks as tasks_lib  # pylint: disable=import-outside-toplevel
+  from mtan_jax.data import builders, pipeline  # pylint: disable=import-outside-toplevel
+  root, frames = official
+  data = pipeline.DataConfig(dataset="cityscapes", release_dir=str(root),
+                             data_dir=str(root.parent / "tfds"), resolution=(128, 256),
+                             num_classes=19)
+  source = pipeline.locate(data)
+  assert source.status == "not built" and "mtan_cityscapes_official" in source.builder.data_dir
+  assert source.listing.counts == {"train": 4, "val": 2} and len(source.listing.files) == 18
+  tasks = tasks_lib.dataset_tasks("cityscapes", num_classes=19)
+  test = pipeline.open_split(data, "test", tasks, progress=False)
+  assert "Building the cityscapes release" in capsys.readouterr().out
+  up = lambda a: np.repeat(np.repeat(a, 4, 0), 4, 1)  # noqa: E731  (64x128 blocks of 2 -> 128x256)
+  for i in range(len(test)):
+    index = int(test.source[int(test.positions[i])]["index"])
+    example = cityscapes.pair_files(root, "val")[index]
+    colour, ids, disparity = frames[("val", "lindau", int(example.image.name.split("_")[2]))]
+    got = test[i]
+    np.testing.assert_array_equal(got["segmentation"], expected_ids(up(ids))[0])
+    np.testing.assert_allclose(got["depth"][..., 0], up(disparity) / 65535.0, rtol=1e-7)
+    np.testing.assert_allclose(got["image"], np.broadcast_to(colour / 255.0, (128, 256, 3)),
+                               atol=1e-6)
+  assert pipeline.locate(data).status == "up to date"
+  empty = root.parent / "neither"
+  empty.mkdir()
+  with pytest.raises(ReleaseError, match="holds neither layout: expected the MTAN release .* or "
+                                         "the official files"):
+    builders.builder("cityscapes", release_dir=str(empty))
+
+
+@pytest.mark.slow
+def test_the_experiment_script_trains_on_the_official_files(official, tmp_path_factory):
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.test_train import ROOT, XLA_CACHE  # pylint: disable=import-outside-toplevel
+  root, _ = official
+  workdir = tmp_path_factory.mktemp("run") / "run"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "cityscapes.py"), f"--data_dir={root}",
+       f"--tfds_dir={root.parent / 'tfds'}", "--resolution=128x256", "--model=split_standard",
+       "--width_mult=0.0625", "--batch_size=2", "--epochs=1", "--steps_per_epoch=2",
+       f"--workdir={workdir}", "--progress=false", "--workers=2", "--devices=1",
+       f"--compilation_cache={XLA_CACHE}"],
+      env={**os.environ, "JAX_DEFAULT_MATMUL_PRECISION": "highest"},
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.startswith(f"Training on the cityscapes release {root} (4 train + 2 val")
+  (record,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert set(record["test"]) == {"segmentation", "depth"}
+  assert all(v is None or np.isfinite(v) for v in record["train"]["depth"].values())

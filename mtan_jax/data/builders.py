@@ -28,6 +28,7 @@ import tqdm
 
 from mtan_jax import datasets as datasets_lib
 from mtan_jax import tasks as tasks_lib
+from mtan_jax.data import cityscapes
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
 
@@ -93,6 +94,14 @@ class _ReleaseBuilder(_QuietBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(builder=self, features=_features(self.LAYOUT, *self._resolution()),
                                  description=self.__doc__)
 
+  def list_files(self) -> release.ReleaseFiles:
+    """The release's files (names, sizes, modification times), checked: cheap, every run."""
+    return release.list_files(self.LAYOUT, self._release_dir)
+
+  def example_origin(self, folder: str) -> str:
+    """Where example {index} of a split folder came from, for error messages."""
+    return f"{self._release_dir}/{folder}/*/{{index}}.npy"
+
   def _split_generators(self, dl_manager):
     if self._release_dir is None:
       raise release.ReleaseError(f"{self.name}: no release folder given; expected "
@@ -134,6 +143,32 @@ class MtanCityscapes(_ReleaseBuilder):
 
   LAYOUT = release.CITYSCAPES
   BUILDER_CONFIGS = _published("cityscapes")
+
+
+class MtanCityscapesOfficial(_ReleaseBuilder):
+  """CityScapes from the official files (leftImg8bit, gtFine labelIds, disparity), made into the
+  release's fields at its resolutions (`data/cityscapes.py`); frames in order of city and name."""
+
+  LAYOUT = release.CITYSCAPES
+  BUILDER_CONFIGS = _published("cityscapes")
+
+  def list_files(self) -> release.ReleaseFiles:
+    return cityscapes.list_files(self._release_dir)
+
+  def example_origin(self, folder: str) -> str:
+    return f"frame {{index}} of {self._release_dir}/leftImg8bit/{folder} (by city, then name)"
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(folder) for split, folder in TFDS_SPLITS.items()}
+
+  def _generate_examples(self, folder: str):
+    examples = cityscapes.pair_files(self._release_dir, folder)
+    with self._examples_progress(len(examples), folder) as progress:
+      for i, example in enumerate(examples):
+        fields = cityscapes.load(example, *self._resolution())
+        fields["index"] = np.int32(i)
+        yield i, fields
+        progress.update(1)
 
 
 RELEASE_BUILDERS = {"nyuv2": MtanNyuv2, "cityscapes": MtanCityscapes}  # by `datasets` name
@@ -239,6 +274,14 @@ def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | Non
     raise release.ReleaseError(f"{dataset} release resolution: the release comes in "
                                f"{' and '.join(published)}, found {height}x{width} (--resolution)")
   root = pathlib.Path(release_dir).expanduser().absolute().resolve()
+  if dataset == "cityscapes" and root.is_dir():
+    if cityscapes.is_official_layout(root):
+      cls = MtanCityscapesOfficial
+    elif not (root / "train").is_dir():
+      raise release.ReleaseError(
+          f"cityscapes folder {root} holds neither layout: expected the MTAN release "
+          f"({release.CITYSCAPES.describe(root)}) or the official files "
+          f"({root}/{{leftImg8bit,gtFine,disparity}}/{{train,val}}/<city>/*.png)")
   return cls(config=release_config(height, width, root), data_dir=data_dir,
              release_dir=str(root), progress=progress)
 
@@ -273,7 +316,7 @@ def locate(dataset: str, **kwargs) -> Source:
   b = builder(dataset, **kwargs)
   if kwargs.get("release_dir") is None:
     return Source(b, None, "up to date" if b.is_prepared() else "not built")
-  listing = release.list_files(b.LAYOUT, kwargs["release_dir"])
+  listing = b.list_files()
   if not b.is_prepared():
     return Source(b, listing, "not built")
   recorded = _read_provenance(b)
@@ -333,7 +376,7 @@ def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
     say(f"Building the {dataset} release {listing.root} ({counts} examples) into {b.data_dir} "
         f"(once per release folder and resolution; again if its files change)")
     b.download_and_prepare()
-    after = release.list_files(b.LAYOUT, listing.root)
+    after = b.list_files()
     if after.fingerprint != listing.fingerprint:
       shutil.rmtree(b.data_dir)
       changes = after.changes({k: list(v) for k, v in listing.files.items()})

@@ -138,3 +138,22 @@ def load(example: Example, height: int, width: int) -> dict[str, np.ndarray]:
   label_19 = train_ids(ids, str(example.labels))
   return {"image": rgb, "label_19": label_19, "label_7": categories(label_19),
           "depth": inverse_depth(codes)}
+
+
+def list_files(root):
+  """`release.ReleaseFiles` of the official layout: every frame's three files with their sizes and
+  modification times, per split ("train", "val"); ReleaseError as `pair_files`. Opens no file."""
+  from mtan_jax.data import release  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(root).expanduser().resolve()
+  counts, files = {}, {}
+  for split in SPLITS:
+    examples = pair_files(root, split)
+    counts[split] = len(examples)
+    for example in examples:
+      for path in (example.image, example.labels, example.disparity):
+        try:
+          info = path.stat()
+        except OSError as error:
+          raise ReleaseError(f"{path}: cannot be read ({error.strerror or error})") from error
+        files[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
+  return release.ReleaseFiles(root, counts, files)

@@ -213,7 +213,7 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
   shards = list(zip((str(p) for p in info.filepaths), info.shard_lengths))
   folder = builders.TFDS_SPLITS["test" if split == "test" else "train"]
   origin = ("synthetic scene {index}" if config.release_dir is None else
-            f"{pathlib.Path(config.release_dir).expanduser().resolve()}/{folder}/*/{{index}}.npy")
+            b.example_origin(folder))
   return TaskSource(source, positions, tasks, label_field, shards, classes, origin)
 
 
