@@ -124,7 +124,8 @@ def parse(argv: list[str] | None, dataset: str,
       f"{values.get('weighting', 'equal')}_seed{values.get('seed', 0)}")))
   weighting = values.get("weighting", "equal")
   chosen = {o.name: o.default for o in weighting_lib.options(weighting)}
-  chosen.update({k: v for k, v in given.items() if k in scheme_options()})
+  scheme_flags = scheme_options()
+  chosen.update({k: v for k, v in given.items() if k in scheme_flags})
   values["weighting_options"] = chosen  # unknown ones are refused by validate(), naming them
   data = {k.removeprefix("data."): v for k, v in values.items() if k.startswith("data.")}
   train = {k: v for k, v in values.items()
@@ -157,7 +158,7 @@ def main(argv: list[str] | None, dataset: str) -> dict:
   try:
     config, args = parse(argv, dataset)
     config.validate()
-    source = pipeline.locate(dataclasses.replace(config.data, dataset=dataset))
+    source = pipeline.locate(config.data)
     if config.data.release_dir is None:
       height, width = config.resolution
       kind = datasets_lib.get(dataset).synthetic_kind

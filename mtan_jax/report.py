@@ -6,12 +6,13 @@
 
 Every run contributes the mean of its last 10 epochs on the test split (`--split`), as the paper
 reports. Runs that differ only in their seed (or folder) form one row: mean ± sample standard
-deviation over the seeds, their count in the "runs" column. Single-task runs (models the registry marks single-task) form
-one row per model, each task's columns from the runs trained on that task, as the paper's "One Task"
-and "STAN" rows; the "One Task" row is the baseline of Δm (every metric weighted equally, positive
-is better; `metrics.delta_m`). #P is the parameter count relative to one single-task SegNet (one
-network per task for the single-task rows). The best value of each column among the runs is bold.
-Units as in the paper: mIoU, pixel accuracy and the angle thresholds in percent.
+deviation over the seeds, their count in the "runs" column. Single-task runs (models the registry
+marks single-task) form one row per model, each task's columns from the runs trained on that task,
+as the paper's "One Task" and "STAN" rows; the "One Task" row is the baseline of Δm (every metric
+weighted equally, positive is better; `metrics.delta_m`). #P is the parameter count relative to one
+single-task SegNet (one network per task for the single-task rows). The best value of each column
+among the runs is bold. Units as in the paper: mIoU, pixel accuracy and the angle thresholds in
+percent.
 
 `--paper` adds, under each row, the paper's numbers for the same architecture and weighting (from
 mtan_jax/paper_results.md, the paper's tables), with Δm against the paper's own One Task row.
@@ -37,12 +38,6 @@ PAPER_FILE = pathlib.Path(__file__).with_name("paper_results.md")
 ARCHITECTURES = {"single": "One Task", "stan": "STAN", "split_standard": "Split, Standard",
                  "split_wide": "Split, Wide", "split_deep": "Split, Deep", "dense": "Dense",
                  "cross_stitch": "Cross-Stitch", "mtan": "MTAN"}
-
-
-def single_task(model: str) -> bool:
-  """Whether `model` is a single-task network (the registry says), so its runs join one row."""
-  from mtan_jax.models import get_spec  # pylint: disable=import-outside-toplevel
-  return get_spec(model).single_task
 
 
 PERCENT = {"miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30"}
@@ -124,7 +119,7 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
 def _identity(run: runs_lib.Run) -> dict[str, Any]:
   """What a run measures, flat ({"lr": ..., "data.resolution": ...}): the fields that define it
   (`schema.identity`) but its seed; single-task runs without their task (one row joins them)."""
-  ignore = REPEATS_DIFFER_IN | ({"tasks"} if single_task(run.config.model) else set())
+  ignore = REPEATS_DIFFER_IN | ({"tasks"} if runs_lib.single_task(run.config.model) else set())
   return {k: v for k, v in schema.identity(run.config).items() if k not in ignore}
 
 
@@ -159,7 +154,7 @@ def _mean_std(results: list[dict[str, dict[str, float]]]):
 def parameter_ratio(model: str, tasks, width_mult: float) -> float:
   from mtan_jax.models import registry  # pylint: disable=import-outside-toplevel
   reference = registry.count_parameters("single", tasks[:1], width_mult=width_mult)
-  if single_task(model):
+  if runs_lib.single_task(model):
     return sum(registry.count_parameters(model, (t,), width_mult=width_mult)
                for t in tasks) / reference
   return registry.count_parameters(model, tuple(tasks), width_mult=width_mult) / reference
@@ -186,7 +181,7 @@ def rows_from_runs(runs: Sequence[runs_lib.Run], split: str = "test") -> list[Ro
   for key, members in groups.items():
     first = runs[members[0]]
     identities.append(identity_of[key])
-    if single_task(first.config.model):
+    if runs_lib.single_task(first.config.model):
       means, stds, counts = {}, {}, []
       for task in dataset_tasks:
         chosen = [results[i] for i in members if runs[i].tasks[0].name == task.name]

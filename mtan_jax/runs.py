@@ -39,10 +39,15 @@ class Run:
   @property
   def label(self) -> str:
     """'model / weighting' (single-task models: 'model (task)')."""
-    from mtan_jax.models import get_spec  # pylint: disable=import-outside-toplevel
-    if get_spec(self.config.model).single_task:
+    if single_task(self.config.model):
       return f"{self.config.model} ({self.tasks[0].name})"
     return f"{self.config.model} / {self.config.weighting}"
+
+
+def single_task(model: str) -> bool:
+  """Whether `model` is a single-task network (the model registry says)."""
+  from mtan_jax.models import get_spec  # pylint: disable=import-outside-toplevel
+  return get_spec(model).single_task
 
 
 class MissingPackage(ImportError):

@@ -72,7 +72,8 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def options(cls, prefix: str = "") -> list[Option]:
-  """The schema fields of dataclass `cls`, nested config dataclasses flattened ("data.resolution")."""
+  """The schema fields of dataclass `cls`, nested config dataclasses flattened
+  ("data.resolution")."""
   hints = typing.get_type_hints(cls)
   out = []
   for field in dataclasses.fields(cls):
@@ -109,23 +110,25 @@ def defining_paths(cls) -> list[str]:
   return [o.path for o in options(cls) if o.defines_run]
 
 
+def _defining(path: str, roots: tuple[str, ...]) -> bool:
+  """Whether a flattened `path` belongs to a defining field (itself, or a key of its mapping)."""
+  return path in roots or any(path.startswith(root + ".") for root in roots)
+
+
 def identity(config) -> dict[str, Any]:
   """What defines a run: {path: value} of its defining fields (mappings flattened)."""
-  values = flat(dataclasses.asdict(config))
   roots = tuple(defining_paths(type(config)))
-  return {k: v for k, v in values.items()
-          if k in roots or any(k.startswith(root + ".") for root in roots)}
+  return {k: v for k, v in flat(dataclasses.asdict(config)).items() if _defining(k, roots)}
 
 
 def changed(saved: dict[str, Any], config, defining: bool = True) -> dict[str, tuple[Any, Any]]:
   """{path: (saved value, config's value)} of the fields that define the run (`defining=True`) or
   of the others, where a saved config (`to_dict` JSON) and `config` differ."""
-  was, now = flat(saved), flat(json_like(dataclasses.asdict(config)))
+  was, now = flat(saved), flat(dataclasses.asdict(config))
   roots = tuple(defining_paths(type(config)))
   out = {}
   for key in sorted(set(was) | set(now)):
-    is_defining = key in roots or any(key.startswith(root + ".") for root in roots)
-    if is_defining == defining and was.get(key) != now.get(key):
+    if _defining(key, roots) == defining and was.get(key) != now.get(key):
       out[key] = (was.get(key), now.get(key))
   return out
 
@@ -136,23 +139,14 @@ def differences(saved: dict[str, Any], config, source: str, defining: bool = Tru
           for key, (was, now) in changed(saved, config, defining).items()]
 
 
-def json_like(value: Any) -> Any:
-  """Tuples as lists, as a value comes back from JSON."""
-  if isinstance(value, dict):
-    return {k: json_like(v) for k, v in value.items()}
-  if isinstance(value, (tuple, list)):
-    return [json_like(v) for v in value]
-  return value
-
-
-def check(config, flags: dict[str, str] | None = None) -> list[str]:
-  """What is wrong with `config`'s values, one line per field: choices and checks of the schema.
-  `flags` maps a path to the flag to name in the message (default: the option's flag)."""
+def check(config) -> list[str]:
+  """What is wrong with `config`'s values, one line per field (named by its flag): the schema's
+  choices and checks."""
   values = flat(dataclasses.asdict(config))
   problems = []
   for o in options(type(config)):
     value = values.get(o.path)
-    name = (flags or {}).get(o.path) or f"--{o.flag or o.path}"
+    name = f"--{o.flag or o.path}"
     if o.choices is not None and value not in o.choices:
       problems.append(f"{name}: expected one of {tuple(o.choices)}, found {value!r}")
     elif o.check is not None and not o.check[0](value):

@@ -185,7 +185,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   if config.resume and config.overwrite:
     raise RunError("--resume and --overwrite exclude each other: continue the run in the workdir, "
                    "or delete it and start afresh")
-  pipeline.locate(dataclasses.replace(config.data, dataset=config.dataset))  # a missing release
+  pipeline.locate(config.data)  # a missing or changed release stops the run here
   if config.resume and not rundir.held_run_files(config.workdir):  # before creating the folder
     raise _nothing_to_resume(config.workdir)
   if config.multihost:
@@ -220,14 +220,15 @@ def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path,
   saved = workdir / "config.json"
   if config.resume and saved.is_file():
     try:
-      differences = config_lib.differences(json.loads(saved.read_text()), config, "config.json")
+      first = json.loads(saved.read_text())
+      differences = config_lib.differences(first, config, "config.json")
     except (ValueError, OSError) as error:
       raise RunError(f"{saved} cannot be read ({error}); it describes the run to continue"
                      ) from error
     if differences:
       raise RunError(f"cannot resume {workdir}: it holds a run of another configuration:\n  "
                      + "\n  ".join(differences))
-    return config_lib.changes_on_resume(json.loads(saved.read_text()), config, "config.json")
+    return config_lib.changes_on_resume(first, config, "config.json")
   return {}
 
 
@@ -307,7 +308,9 @@ def _open_data(config: TrainConfig, tasks, place: _Place,
                      process_index=jax.process_index(), process_count=jax.process_count(),
                      depth_power=datasets_lib.get(config.dataset).depth_power)
   progress = place.is_main and config.progress  # also the dataset build's bar
-  split = lambda name: pipeline.open_split(config.data, name, tasks, progress=progress)  # noqa: E731
+  def split(name: str) -> pipeline.TaskSource:
+    return pipeline.open_split(config.data, name, tasks, progress=progress)
+
   train = resources.enter_context(pipeline.Loader(
       split("train"), global_batch_size=config.batch_size, shuffle=True,
       augment=config.data.augment, drop_remainder=True, **loader_args))

@@ -27,7 +27,6 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from mtan_jax import datasets as datasets_lib
-from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import cityscapes
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
@@ -261,11 +260,10 @@ def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | Non
     seed: synthetic scenes' seed.
     progress: a progress bar over the examples while building.
   """
-  if dataset not in release.LAYOUTS:
-    raise ValueError(f"dataset: expected one of {tuple(release.LAYOUTS)}, found {dataset!r}")
-  height, width = resolution or tasks_lib.DEFAULT_RESOLUTION[dataset]
+  spec = datasets_lib.get(dataset)
+  height, width = resolution or spec.default_resolution
   if release_dir is None:
-    config = synthetic_config(datasets_lib.get(dataset).synthetic_kind, height, width,
+    config = synthetic_config(spec.synthetic_kind, height, width,
                               *synthetic_size, seed=seed)
     return MtanSynthetic(config=config, data_dir=data_dir, progress=progress)
   cls = RELEASE_BUILDERS[dataset]
@@ -304,9 +302,8 @@ class Source:
     built = pathlib.Path(self.builder.data_dir)
     if self.listing is None:
       return f"built dataset {built} ({self.status})"
-    counts = " + ".join(f"{n} {split}" for split, n in self.listing.counts.items())
-    return (f"release {self.listing.root} ({counts} examples, {len(self.listing.files)} files "
-            f"checked), built dataset {built} ({self.status})")
+    return (f"release {self.listing.root} ({self.listing.counts_text} examples, "
+            f"{len(self.listing.files)} files checked), built dataset {built} ({self.status})")
 
 
 def locate(dataset: str, **kwargs) -> Source:
@@ -355,9 +352,8 @@ def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
   """`builder(...)`, built if it is not, or rebuilt if its release's files changed since the build
   (see `builder` for the arguments). `say` reports what is built, from where and into where."""
   tfds.display_progress_bar(False)  # our own bar counts examples; TFDS' counts shards and bytes
-  source = locate(dataset, **kwargs)
-  with _build_lock(source.builder):
-    source = locate(dataset, **kwargs)  # another process may have built it meanwhile
+  with _build_lock(builder(dataset, **kwargs)):
+    source = locate(dataset, **kwargs)  # checked under the lock: another run may have built it
     if source.status == "up to date":
       return source.builder
     b, listing = source.builder, source.listing
@@ -372,8 +368,8 @@ def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
           f"{b.data_dir} (once)")
       b.download_and_prepare()
       return b
-    counts = " + ".join(f"{n} {split}" for split, n in listing.counts.items())
-    say(f"Building the {dataset} release {listing.root} ({counts} examples) into {b.data_dir} "
+    say(f"Building the {dataset} release {listing.root} ({listing.counts_text} examples) into "
+        f"{b.data_dir} "
         f"(once per release folder and resolution; again if its files change)")
     b.download_and_prepare()
     after = b.list_files()

@@ -9,9 +9,7 @@ becomes the release's fields at the chosen resolution: "image" RGB in [0, 1] (bi
 "label_19" the 19 train ids and "label_7" their 7 categories (flat, construction, object, nature,
 sky, human, vehicle), -1 for every label the benchmark ignores (nearest resize), and "depth" the
 inverse depth as the release stores it, the 16-bit disparity code / 65535 (nearest resize; 0 =
-invalid). Reading PNGs needs Pillow.
-
-This module pairs the files and converts one example; a TFDS builder on top of it is the next step.
+invalid). Reading PNGs needs Pillow. `builders.MtanCityscapesOfficial` builds a dataset from them.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import re
 
 import numpy as np
 
+from mtan_jax.data import release
 from mtan_jax.data.release import ReleaseError
 
 SPLITS = ("train", "val")
@@ -140,10 +139,9 @@ def load(example: Example, height: int, width: int) -> dict[str, np.ndarray]:
           "depth": inverse_depth(codes)}
 
 
-def list_files(root):
+def list_files(root) -> release.ReleaseFiles:
   """`release.ReleaseFiles` of the official layout: every frame's three files with their sizes and
   modification times, per split ("train", "val"); ReleaseError as `pair_files`. Opens no file."""
-  from mtan_jax.data import release  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(root).expanduser().resolve()
   counts, files = {}, {}
   for split in SPLITS:

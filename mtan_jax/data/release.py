@@ -108,6 +108,11 @@ class ReleaseFiles:
   files: dict[str, tuple[int, int]]
 
   @property
+  def counts_text(self) -> str:
+    """"795 train + 654 val"."""
+    return " + ".join(f"{n} {split}" for split, n in self.counts.items())
+
+  @property
   def fingerprint(self) -> str:
     """A hash of every file's name, size and modification time: another folder or a file changed
     (rewritten, touched, resized) gives another fingerprint."""
