@@ -308,6 +308,7 @@ def _open_data(config: TrainConfig, tasks, place: _Place,
                      process_index=jax.process_index(), process_count=jax.process_count(),
                      depth_power=datasets_lib.get(config.dataset).depth_power)
   progress = place.is_main and config.progress  # also the dataset build's bar
+
   def split(name: str) -> pipeline.TaskSource:
     return pipeline.open_split(config.data, name, tasks, progress=progress)
 
