@@ -169,3 +169,26 @@ def test_the_experiment_script_trains_on_the_official_files(official, tmp_path_f
   (record,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert set(record["test"]) == {"segmentation", "depth"}
   assert all(v is None or np.isfinite(v) for v in record["train"]["depth"].values())
+
+
+def test_frames_are_loaded_in_threads_in_order_and_the_first_bad_one_is_reported():
+  import threading
+  import time
+
+  from mtan_jax.data import builders
+
+  threads = set()
+
+  def slow_square(i):  # earlier items take longer, so they finish after later ones
+    threads.add(threading.get_ident())
+    time.sleep(0.002 * (20 - i))
+    if i in (7, 12):
+      raise ReleaseError(f"frame {i}")
+    return i * i
+
+  assert list(builders._in_threads(slow_square, range(7), workers=3)) == [i * i for i in range(7)]
+  assert len(threads) > 1
+  results = builders._in_threads(slow_square, range(20), workers=3)
+  assert [next(results) for _ in range(7)] == [i * i for i in range(7)]
+  with pytest.raises(ReleaseError, match="frame 7"):
+    next(results)

@@ -60,6 +60,24 @@ def test_nyuv2_release_builds_and_reads_back(tmp_path):
   assert np.any(sources["train"][0]["label"] == -1)
 
 
+
+def test_a_build_larger_than_tfds_memory_buffer_needs_no_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills a split of more than 1 GB (the full NYUv2 release: 2.5 GB) into temporary files that
+  it opens with TensorFlow; a 1-byte buffer makes every example spill here. The build succeeds
+  without TensorFlow and reads back the release's values."""
+  from tensorflow_datasets.core import shuffle
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
+  release = write_release(tmp_path / "nyuv2", NYU_SHAPES)
+  b = builders.prepare("nyuv2", release_dir=str(release), data_dir=str(tmp_path / "tfds"))
+  sources = b.as_data_source()
+  for split, folder, count in (("train", "train", 3), ("test", "val", 2)):
+    assert sorted(int(r["index"]) for r in sources[split]) == list(range(count))
+    for record in sources[split]:
+      for field in NYU_SHAPES:
+        expected = np.load(release / folder / field / f"{int(record['index'])}.npy")
+        np.testing.assert_array_equal(record[field], expected.astype(record[field].dtype))
+  assert shuffle.tf is not builders._FilesWithoutTensorFlow  # put back after the build
+
 def test_cityscapes_release_builds_both_label_sets(tmp_path):
   release = write_release(tmp_path / "city", CITY_SHAPES, {"train": 2, "val": 1})
   b = builders.prepare("cityscapes", release_dir=str(release), data_dir=str(tmp_path / "tfds"),
