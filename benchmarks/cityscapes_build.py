@@ -101,12 +101,14 @@ def main() -> None:
   release, tfds_dir = scratch / "official", scratch / "tfds"
   try:
     start = time.perf_counter()
-    if not release.is_dir():  # --root of a kept fake: reused
+    reused = release.is_dir()  # --root of a kept fake
+    if not reused:
       fake_official(release, {"train": train, "val": val}, args.distinct, args.links)
     sizes = {kind: sum(p.stat().st_size for p in (release / kind).rglob("*.png")) / (train + val)
              for kind, _ in KINDS}
+    written = "reused" if reused else f"{time.perf_counter() - start:.0f} s to write"
     print(f"fake official release: {train} + {val} frames of 2048x1024 in {release} "
-          f"({time.perf_counter() - start:.0f} s to write; mean file "
+          f"({written}; mean file "
           + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()) + ")")
     cold = drop_caches()
     start = time.perf_counter()

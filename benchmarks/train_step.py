@@ -7,6 +7,8 @@
   python benchmarks/train_step.py --resolution=64x96 --width_mult=0.125 --batch_sizes=2 --steps=5
                                                                     # a quick CPU check
   python benchmarks/train_step.py --table=OUT/train_step.jsonl      # the table of earlier runs
+  python benchmarks/train_step.py --weighting=equal,mgda,nash_mtl --batch_sizes=2 --dtypes=float32
+                                                                    # methods against equal
 
 What is timed is exactly what training runs each step (`train_step.train_step` under `jax.pmap`
 on one device, state donated): forward, the task losses, the weighting, backward, the Adam update,
@@ -26,6 +28,8 @@ For each (mode, dtype, batch size) it prints one JSON line, then a table:
   peak_gib       the device's peak bytes in use so far in this process (GPU/TPU; null on CPU): the
                  configuration's own peak only when it is the process's first or largest
                  (benchmarks/gpu.sh runs one configuration per process)
+  vs_equal       with several --weighting values (comma-separated, measured in turn in one
+                 process): step_ms / the equal weighting's step_ms of the same configuration
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ import numpy as np  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
+from mtan_jax.models import abstract_variables  # noqa: E402
+from mtan_jax.models import shared_parameter_names  # noqa: E402
 from mtan_jax.models import MODEL_NAMES, build_model, get_spec  # noqa: E402
 
 # Forward GFLOP per image of the reference models at full width (torch FlopCounterMode,
@@ -95,16 +101,18 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   optimizer = step_lib.make_optimizer(1e-4, 0)
   device = jax.local_devices()[:1]
   state_cache = {} if state_cache is None else state_cache
+  shared = shared_parameter_names(model_name, abstract_variables(model)["params"], tasks)
   key = (model_name, dataset, width_mult, weighting_name)
   if key not in state_cache:
     state_cache.clear()
-    state_cache[key] = step_lib.create_train_state(model, weighting, optimizer, INIT_SHAPE, 0)
+    state_cache[key] = step_lib.create_train_state(model, weighting, optimizer, INIT_SHAPE, 0,
+                                                   shared)
   state = step_lib.replicate(state_cache[key], device, device)
   data = jax.pmap(lambda x: x, devices=device)(random_batch(tasks, batch, *resolution))  # on device
   if mode == "train":
     step = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
                                       optimizer=optimizer, tasks=tasks, sync_batch_stats=False,
-                                      remat=remat),
+                                      remat=remat, shared=shared),
                     axis_name=step_lib.AXIS, devices=device, donate_argnums=(0,))
   else:
     step = jax.pmap(functools.partial(step_lib.eval_step, model=model, tasks=tasks),
@@ -172,12 +180,22 @@ def measure(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
           "peak_gib": None if peak is None else round(peak / 2**30, 3)}
 
 
-COLUMNS = ("model", "mode", "dtype", "batch", "remat", "resolution", "compile_s", "step_ms",
-           "images_per_s", "tflops", "ref_tflops", "program_gib", "peak_gib")
+COLUMNS = ("model", "weighting", "mode", "dtype", "batch", "remat", "resolution", "compile_s",
+           "step_ms", "vs_equal", "images_per_s", "tflops", "ref_tflops", "program_gib", "peak_gib")
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+  """Each row's step time over the equal weighting's in the same configuration (vs_equal)."""
+  what = lambda r: tuple(r.get(k) for k in ("model", "mode", "dtype", "batch", "remat",  # noqa: E731
+                                        "resolution", "width_mult"))
+  equal = {what(r): r["step_ms"] for r in rows if r.get("weighting", "equal") == "equal"}
+  return [{**r, "vs_equal": round(r["step_ms"] / equal[what(r)], 2) if what(r) in equal else None}
+          for r in rows]
 
 
 def table(rows: list[dict]) -> str:
-  cells = [[str(c) for c in COLUMNS]] + [[str(r[c]) for c in COLUMNS] for r in rows]
+  rows = add_ratios(rows)
+  cells = [[str(c) for c in COLUMNS]] + [[str(r.get(c)) for c in COLUMNS] for r in rows]
   widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
   return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells)
 
@@ -197,7 +215,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--resolution", type=parse_resolution, default=None,
                       help="HEIGHTxWIDTH (default 288x384 NYUv2, 128x256 CityScapes)")
   parser.add_argument("--width_mult", type=float, default=1.0)
-  parser.add_argument("--weighting", default="equal", choices=weighting_lib.NAMES)
+  parser.add_argument("--weighting", default="equal",
+                      help=f"one or more (comma-separated) of {', '.join(weighting_lib.NAMES)}")
   parser.add_argument("--remat", default="false", choices=("true", "false", "both"),
                       help="recompute all but conv outputs in the backward pass (training's "
                       "--remat); both: measure each")
@@ -216,17 +235,22 @@ def main(argv=None) -> list[dict]:
   modes = ("train", "eval") if args.mode == "both" else (args.mode,)
   rows, cache = [], {}
   remats = {"true": (True,), "false": (False,), "both": (False, True)}[args.remat]
+  weightings = args.weighting.split(",")
+  unknown = [w for w in weightings if w not in weighting_lib.NAMES]
+  if unknown:
+    parser.error(f"--weighting: expected names from {weighting_lib.NAMES}, found {unknown}")
   for mode in modes:
     for dtype in args.dtypes.split(","):
       for batch in sorted(int(b) for b in args.batch_sizes.split(",")):
         for remat in remats if mode == "train" else (False,):
-          row = measure(args.model, args.dataset, mode, dtype, batch, resolution, args.width_mult,
-                        args.weighting, args.steps, args.warmup, cache, remat)
-          rows.append(row)
-          print(json.dumps(row), flush=True)
-          if args.json:
-            with open(args.json, "a") as f:
-              f.write(json.dumps(row) + "\n")
+          for weighting in weightings if mode == "train" else weightings[:1]:
+            row = measure(args.model, args.dataset, mode, dtype, batch, resolution,
+                          args.width_mult, weighting, args.steps, args.warmup, cache, remat)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.json:
+              with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
   print(table(rows), flush=True)
   return rows
 

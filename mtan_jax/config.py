@@ -68,8 +68,9 @@ class TrainConfig:
   eval_batch_size: int = option(0, "evaluation batch size (0: --batch_size)",
                                 check=schema.at_least(0))
   lr: float = option(1e-4, "Adam's learning rate", defines_run=True, check=_POSITIVE)
-  grad_clip_norm: float = option(
-      0.0, "clip the gradient to this global norm before Adam (0: no clipping, as the reference)",
+  clip_grad_norm: float = option(
+      0.0, "clip the shared parameters' gradient to this global norm before Adam, as Nash-MTL's and "
+      "FAMO's trainers do with 1.0 (0: no clipping, as the reference)",
       defines_run=True, check=(lambda v: v >= 0 and v == v, "a number >= 0"))
   lr_halve_epoch: int = option(100, "halve the learning rate after this epoch (0: never)",
                                defines_run=True, check=schema.at_least(0))
@@ -133,11 +134,17 @@ class TrainConfig:
   @classmethod
   def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
     """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors). Configs
-    of earlier versions (a top-level "dataset", DWA's "temperature") are read too."""
+    of earlier versions (a top-level "dataset", DWA's "temperature", a zero "grad_clip_norm") are
+    read too."""
     values = dict(values)
     data = dict(values.pop("data", {}))
     if "dataset" in values:  # earlier versions kept the dataset beside the data config
       data["dataset"] = values.pop("dataset")
+    if "grad_clip_norm" in values:  # before clip_grad_norm (all parameters, not the shared)
+      if values.pop("grad_clip_norm"):
+        raise ValueError(f"{source}: grad_clip_norm (clipping of every gradient) is now "
+                         f"clip_grad_norm (the shared parameters' gradient); this run clipped "
+                         f"every gradient, which this version does not do")
     if "temperature" in values:
       temperature = values.pop("temperature")
       if values.get("weighting") == "dwa":

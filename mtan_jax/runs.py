@@ -107,17 +107,13 @@ def restore_model(run: Run):
   """(model, {"params", "batch_stats"}) of the run's latest checkpoint, for inference."""
   # Imported here: reading configs and records needs neither models nor checkpoints.
   from mtan_jax import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  from mtan_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
-  from mtan_jax import weighting as weighting_lib  # pylint: disable=import-outside-toplevel
+  from mtan_jax import train  # pylint: disable=import-outside-toplevel
   from mtan_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
   config = run.config
+  parts = train.build_parts(config, run.tasks, steps_per_epoch=1)  # the state's structure
   model = build_model(config.model, run.tasks, width_mult=config.width_mult, dtype=config.dtype)
-  weighting = weighting_lib.build(config.weighting, run.tasks, **config.weighting_options)
-  optimizer = step_lib.make_optimizer(config.lr, max(config.lr_halve_epoch, 1),
-                                      config.grad_clip_norm)
-  abstract = jax.eval_shape(lambda: step_lib.create_train_state(
-      model, weighting, optimizer, config.resolution, config.seed))
+  abstract = jax.eval_shape(lambda: parts.initial_state(config))
   if not (run.path / "checkpoints").is_dir():
     raise FileNotFoundError(f"{run.path / 'checkpoints'}: no checkpoint to read the model from")
   checkpoints = checkpoint_lib.Checkpointer(run.path / "checkpoints", read_only=True)

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,9 @@ from mtan_jax import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.config import TrainConfig
 from mtan_jax.data import pipeline
+from mtan_jax.models import abstract_variables
 from mtan_jax.models import build_model
+from mtan_jax.models import shared_parameter_names
 
 class RunError(RuntimeError):
   """A run that cannot start or continue as asked (e.g. a mismatched resume)."""
@@ -278,12 +280,11 @@ def _run(config: TrainConfig) -> dict[str, Any]:
   tasks = tasks_lib.dataset_tasks(config.dataset, config.tasks, config.data.num_classes)
   with contextlib.ExitStack() as resources:
     data = _open_data(config, tasks, place, resources)
-    model, weighting, optimizer = _build(config, tasks, data.steps_per_epoch)
+    parts = build_parts(config, tasks, data.steps_per_epoch)
     checkpoints = resources.enter_context(_checkpoints_closed(
         checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)))
-    state, position = _initial_state(config, workdir, place, checkpoints, changes,
-                                     model, weighting, optimizer)
-    steps = _compile(config, tasks, place, model, weighting, optimizer, data.steps_per_epoch)
+    state, position = _initial_state(config, workdir, place, checkpoints, changes, parts)
+    steps = _compile(config, tasks, place, parts, data.steps_per_epoch)
     log = resources.enter_context(contextlib.closing(runlog.RunLog(
         workdir, enabled=place.is_main, first_epoch=int(_host(state.epoch)))))
     state = _train(config, tasks, place, data, steps, checkpoints, log, state, position, changes)
@@ -322,14 +323,28 @@ def _open_data(config: TrainConfig, tasks, place: _Place,
   return _Data(train, evaluation, steps)
 
 
-def _build(config: TrainConfig, tasks, steps_per_epoch: int):
-  """(model, weighting, optimizer) as the config says."""
+class Parts(NamedTuple):
+  """What a run trains: the model, the weighting, the optimizer, and the top-level names of the
+  model's parameters shared by the tasks (`models.shared_parameter_names`)."""
+
+  model: Any
+  weighting: weighting_lib.Weighting
+  optimizer: Any
+  shared: frozenset[str]
+
+  def initial_state(self, config: TrainConfig) -> step_lib.TrainState:
+    return step_lib.create_train_state(self.model, self.weighting, self.optimizer,
+                                       config.resolution, config.seed, self.shared)
+
+
+def build_parts(config: TrainConfig, tasks, steps_per_epoch: int) -> Parts:
+  """The run's `Parts` as the config says."""
   model = build_model(config.model, tasks, width_mult=config.width_mult, dtype=config.dtype,
                       bn_axis_name=step_lib.AXIS if config.bn_statistics == "global" else None)
   weighting = weighting_lib.build(config.weighting, tasks, **config.weighting_options)
-  optimizer = step_lib.make_optimizer(config.lr, config.lr_halve_epoch * steps_per_epoch,
-                                      config.grad_clip_norm)
-  return model, weighting, optimizer
+  optimizer = step_lib.make_optimizer(config.lr, config.lr_halve_epoch * steps_per_epoch)
+  shared = shared_parameter_names(config.model, abstract_variables(model)["params"], tasks)
+  return Parts(model, weighting, optimizer, shared)
 
 
 @contextlib.contextmanager
@@ -349,19 +364,17 @@ def _checkpoints_closed(checkpoints: checkpoint_lib.Checkpointer):
 
 def _initial_state(config: TrainConfig, workdir: pathlib.Path, place: _Place,
                    checkpoints: checkpoint_lib.Checkpointer, changes: dict[str, list[Any]],
-                   model, weighting, optimizer):
+                   parts: Parts):
   """(replicated state, position record): fresh, or the newest intact checkpoint's (damaged ones
   are said and moved aside). Writes config.json for a new run."""
-  like = jax.eval_shape(lambda: step_lib.create_train_state(
-      model, weighting, optimizer, config.resolution, config.seed))
+  like = jax.eval_shape(lambda: parts.initial_state(config))
   restored = checkpoints.restore_intact(
       like, place.say, check_record=functools.partial(_check_checkpoint, config=config),
       move_damaged=place.is_main)
   if place.is_main and not (workdir / "config.json").exists():  # the run's first config, kept
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
   if restored is None:
-    state, position = step_lib.create_train_state(model, weighting, optimizer, config.resolution,
-                                                  config.seed), {}
+    state, position = parts.initial_state(config), {}
   else:
     _, state, position = restored
     place.say(f"Resuming {workdir}: {_describe(position)}."
@@ -370,22 +383,23 @@ def _initial_state(config: TrainConfig, workdir: pathlib.Path, place: _Place,
   return place.replicate(state), position
 
 
-def _compile(config: TrainConfig, tasks, place: _Place, model, weighting, optimizer,
+def _compile(config: TrainConfig, tasks, place: _Place, parts: Parts,
              steps_per_epoch: int) -> _Steps:
   """The pmapped train, evaluation and end-of-epoch programs (compiled at their first call)."""
   eval_batch = config.eval_batch_size or config.batch_size
   train = MemoryCheckedStep(jax.pmap(functools.partial(
-      _train_and_add, model=model, weighting=weighting, optimizer=optimizer, tasks=tasks,
-      sync_batch_stats=config.bn_statistics == "device", remat=config.remat),
+      _train_and_add, model=parts.model, weighting=parts.weighting, optimizer=parts.optimizer,
+      tasks=tasks, sync_batch_stats=config.bn_statistics == "device", remat=config.remat,
+      shared=parts.shared, clip_grad_norm=config.clip_grad_norm),
       axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(0, 1)),
       "train step", memory_advice(config, "batch_size", config.batch_size, place.global_count),
       place.devices[0])
   evaluate = MemoryCheckedStep(
-      jax.pmap(functools.partial(_evaluate_and_add, model=model, tasks=tasks),
+      jax.pmap(functools.partial(_evaluate_and_add, model=parts.model, tasks=tasks),
                axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(1,)),
       "evaluation step", memory_advice(config, "eval_batch_size", eval_batch, place.global_count),
       place.devices[0])
-  close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=weighting),
+  close_epoch = jax.pmap(functools.partial(step_lib.end_epoch, weighting=parts.weighting),
                          axis_name=step_lib.AXIS, devices=place.pmap_devices, donate_argnums=(0,))
   return _Steps(train, evaluate, close_epoch, config.lr_halve_epoch * steps_per_epoch)
 

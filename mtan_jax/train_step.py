@@ -82,26 +82,39 @@ def init_variables(model: nn.Module, image_shape: tuple[int, int], key: jax.Arra
 
 
 def create_train_state(model: nn.Module, weighting: Weighting, optimizer: optax.GradientTransformation,
-                       image_shape: tuple[int, int], seed: int) -> TrainState:
-  """A fresh state: parameters from `seed`, the weighting's initial parameters and state."""
+                       image_shape: tuple[int, int], seed: int,
+                       shared: frozenset[str] = frozenset()) -> TrainState:
+  """A fresh state: parameters from `seed`, the weighting's initial parameters and state (`shared`:
+  the names of the model's shared parameters, for a scheme whose state is shaped like them)."""
   init_key, state_key = jax.random.split(jax.random.key(seed))
   variables = init_variables(model, image_shape, init_key)
-  weighting_params, weighting_state = weighting.init()
+  weighting_params, weighting_state = weighting.init_for(
+      {k: v for k, v in variables["params"].items() if k in shared})
   params = {"model": variables["params"], "weighting": weighting_params}
   return TrainState(step=jnp.int32(0), epoch=jnp.int32(0), params=params,
                     batch_stats=variables["batch_stats"], opt_state=optimizer.init(params),
                     weighting_state=weighting_state, rng=jax.random.key_data(state_key))
 
 
-def make_optimizer(lr: float, halve_after_steps: int,
-                   clip_norm: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(lr: float, halve_after_steps: int) -> optax.GradientTransformation:
   """Adam (PyTorch's defaults: betas 0.9 / 0.999, eps 1e-8, no weight decay) whose learning rate is
-  halved after `halve_after_steps` steps (the reference's StepLR at epoch 100; 0: never), after
-  clipping the gradient to global norm `clip_norm` when it is > 0 (the reference does not clip)."""
+  halved after `halve_after_steps` steps (the reference's StepLR at epoch 100; 0: never)."""
   schedule = (optax.piecewise_constant_schedule(lr, {halve_after_steps: 0.5})
               if halve_after_steps > 0 else optax.constant_schedule(lr))
-  adam = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
-  return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm > 0 else adam
+  return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+
+
+def clip_shared_gradient(model_grads: dict, shared: frozenset[str], max_norm: float) -> dict:
+  """`model_grads` with the shared parameters' part scaled by min(1, max_norm / (norm + 1e-6)),
+  norm their global L2 norm (PyTorch's clip_grad_norm_ over the shared parameters, as Nash-MTL's and
+  FAMO's trainers call it); task-specific parameters as they are. max_norm 0: no clipping."""
+  if max_norm <= 0:
+    return model_grads
+  leaves = [g for k, v in model_grads.items() if k in shared for g in jax.tree_util.tree_leaves(v)]
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+  factor = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+  return {k: jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), v) if k in shared else v
+          for k, v in model_grads.items()}
 
 
 def _task_losses(tasks, outputs, batch, axis_name):
@@ -116,20 +129,61 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weighting,
+                       shared: frozenset[str], devices: int, axis_name: str):
+  """A gradient-level weighting's step: the task losses differentiated once forward and K times
+  backward (the pullback vmapped over the K unit cotangents), summed over devices (so every device
+  solves with the global batch's gradients), then combined by the weighting. Returns (grads like
+  state.params, total, task_losses, outputs, batch_stats, weighting_state)."""
+  names = [t.name for t in tasks]
+
+  def loss_vector(model_params):
+    outputs, updated = forward(model_params, batch["image"])
+    with jax.named_scope("losses"):
+      task_losses = _task_losses(tasks, outputs, batch, axis_name)
+    vector = jnp.stack([task_losses[n] for n in names]).astype(jnp.float32)
+    return vector / devices, (task_losses, outputs, updated["batch_stats"])
+
+  vector, pullback, (task_losses, outputs, batch_stats) = jax.vjp(
+      loss_vector, state.params["model"], has_aux=True)
+  with jax.named_scope("task_gradients"):
+    (task_grads,) = jax.vmap(pullback)(jnp.eye(len(names), dtype=vector.dtype))
+    task_grads = jax.lax.psum(task_grads, axis_name)
+  losses = jnp.stack([task_losses[n] for n in names]).astype(jnp.float32)
+  with jax.named_scope("weighting"):
+    combined = weighting.combine({k: v for k, v in task_grads.items() if k in shared}, losses,
+                                 state.params["weighting"], state.weighting_state)
+    specific = {k: jax.tree_util.tree_map(
+        lambda g: jnp.tensordot(combined.task_weights.astype(g.dtype), g, axes=1), v)
+        for k, v in task_grads.items() if k not in shared}
+  grads = {"model": {**combined.shared, **specific}, "weighting": combined.params_grad}
+  total = jnp.sum(combined.task_weights * losses)
+  return grads, total, task_losses, outputs, batch_stats, combined.state
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                weighting: Weighting, optimizer: optax.GradientTransformation, tasks,
-               sync_batch_stats: bool, remat: bool = False,
-               axis_name: str = AXIS) -> tuple[TrainState, dict]:
+               sync_batch_stats: bool, remat: bool = False, shared: frozenset[str] = frozenset(),
+               clip_grad_norm: float = 0.0, axis_name: str = AXIS) -> tuple[TrainState, dict]:
   """One optimizer step on one device's share `batch` ({"image": [B, H, W, 3], task targets}).
 
   `remat`: keep only convolution and matrix-product outputs from the forward pass and recompute the
   rest in the backward pass (`REMAT_POLICY`): the same result up to float rounding in about half the
   memory, for some recomputation (the README's speed section has the figures).
 
+  `shared`: the top-level names of the model's shared parameters
+  (`registry.shared_parameter_names`), over which a gradient-level weighting combines the task
+  gradients; the others get their own task's gradient times the weighting's task weight.
+  `clip_grad_norm` > 0 clips the shared parameters' gradient to that global norm
+  (`clip_shared_gradient`).
+
   Returns the new state and {"loss": the weighted objective, "task_losses": {task: global mean},
   "skipped": True when the step was not applied (non-finite loss, gradient or update), "weights": {task:
   weight}, "sums": metric sums of the training predictions}.
   """
+  if weighting.level == "gradient" and not shared:
+    raise ValueError(f"the {weighting.name} weighting combines the task gradients of the shared "
+                     f"parameters: expected their names (shared=), found none")
   devices = jax.lax.axis_size(axis_name)
 
   def forward(model_params, image):
@@ -146,14 +200,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       total = weighting.total(task_losses, params["weighting"], state.weighting_state)
     return total / devices, (total, task_losses, outputs, updated["batch_stats"])
 
-  grads, (total, task_losses, outputs, batch_stats) = jax.grad(objective, has_aux=True)(
-      state.params)
-  grads = jax.lax.psum(grads, axis_name)
+  if weighting.level == "gradient":
+    grads, total, task_losses, outputs, batch_stats, weighting_state = _gradients_by_task(
+        forward, state, batch, tasks, weighting, shared, devices, axis_name)
+  else:
+    grads, (total, task_losses, outputs, batch_stats) = jax.grad(objective, has_aux=True)(
+        state.params)
+    grads = jax.lax.psum(grads, axis_name)
+    weighting_state = state.weighting_state
+  grads = {**grads, "model": clip_shared_gradient(grads["model"], shared, clip_grad_norm)}
   if sync_batch_stats:  # per-device BatchNorm: keep the replicas' running statistics identical
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   with jax.named_scope("optimizer"):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+  weighting_state = weighting.observe(weighting_state, task_losses)
+  if weighting.needs_losses_after_update:  # FAMO: the same batch through the updated network
+    with jax.named_scope("losses_after_update"):
+      new_outputs, _ = forward(params["model"], batch["image"])  # running statistics not kept
+      after = _task_losses(tasks, new_outputs, batch, axis_name)
+      weighting_state = weighting.after_update(weighting_state, task_losses, after)
   # A non-finite loss, gradient or updated state anywhere skips the step on every device:
   # parameters, optimizer, statistics and weighting state stay as they were (the step counter still
   # moves, so the data and learning-rate schedules stay aligned with an uninterrupted run). The
@@ -161,7 +227,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   # overflowing update, a NaN learning rate), and a checkpoint must never hold them.
   with jax.named_scope("skip_non_finite"):
     finite = jnp.isfinite(total) & _all_finite(grads) & _all_finite(
-        (params, opt_state, batch_stats))
+        (params, opt_state, batch_stats, weighting_state))
     finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
     keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
         lambda a, b: jnp.where(finite, a, b), new, old)
@@ -169,8 +235,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
         step=state.step + 1, params=keep(params, state.params),
         batch_stats=keep(batch_stats, state.batch_stats),
         opt_state=keep(opt_state, state.opt_state),
-        weighting_state=keep(weighting.observe(state.weighting_state, task_losses),
-                             state.weighting_state))
+        weighting_state=keep(weighting_state, state.weighting_state))
   with jax.named_scope("metrics"):
     sums = metrics_lib.batch_sums(tasks, outputs, batch, axis_name)
   return new_state, {"loss": total, "task_losses": task_losses, "skipped": ~finite,

@@ -107,34 +107,34 @@ def test_resume_keeps_the_first_config_refuses_defining_changes_and_records_the_
   assert records[1]["config_changes"] == {"epochs": [1, 2], "keep_checkpoints": [3, 2]}
 
 
-def test_gradient_clipping_is_adam_on_the_clipped_gradient():
-  """The `--grad_clip_norm` option (added with its schema only): two Adam steps on gradients of
-  global norm 5 and 0.5 with clipping at 1 are numpy's Adam on the clipped gradients."""
+def test_gradient_clipping_scales_only_the_shared_parameters_gradient():
+  """`--clip_grad_norm`: the shared parameters' gradient (global norm over them) scaled to the
+  norm when above it, as PyTorch's clip_grad_norm_ (max_norm / (norm + 1e-6)); heads untouched."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mtan_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
-  config, _ = cli.parse(["--grad_clip_norm=1", "--workdir=w"], "nyuv2")
-  assert config.grad_clip_norm == 1.0 and "grad_clip_norm" in schema.defining_paths(TrainConfig)
-  optimizer = step_lib.make_optimizer(1e-2, 0, config.grad_clip_norm)
-  params = {"w": np.array([1.0, -2.0], np.float32), "b": np.array([0.5], np.float32)}
-  state = optimizer.init(params)
-  m = {k: np.zeros_like(v, np.float64) for k, v in params.items()}
-  v = {k: np.zeros_like(x, np.float64) for k, x in params.items()}
-  expected = {k: x.astype(np.float64) for k, x in params.items()}
-  for t, scale in ((1, 5.0), (2, 0.5)):
-    grads = {"w": np.array([0.6, 0.8], np.float32) * scale,  # global norm = scale
-             "b": np.array([0.0], np.float32)}
-    norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
-    for k, g in grads.items():
-      clipped = g * min(1.0, 1.0 / norm)
-      m[k] = 0.9 * m[k] + 0.1 * clipped
-      v[k] = 0.999 * v[k] + 0.001 * clipped ** 2
-      expected[k] -= 1e-2 * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
-    updates, state = optimizer.update(grads, state, params)
-    params = {k: params[k] + np.asarray(updates[k]) for k in params}
-  for k in params:
-    np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-7)
-  with pytest.raises(ConfigError, match="--grad_clip_norm: expected a number >= 0, found -1.0"):
-    dataclasses.replace(config, grad_clip_norm=-1.0).validate()
+  config, _ = cli.parse(["--clip_grad_norm=1", "--workdir=w"], "nyuv2")
+  assert config.clip_grad_norm == 1.0 and "clip_grad_norm" in schema.defining_paths(TrainConfig)
+  shared = frozenset({"backbone", "att"})
+  for scale in (5.0, 0.5):
+    grads = {"backbone": {"w": np.array([0.6, 0.0], np.float32) * scale},
+             "att": {"b": np.array([0.8], np.float32) * scale},  # shared norm = scale
+             "depth_head": {"w": np.array([3.0, 4.0], np.float32)}}
+    clipped = step_lib.clip_shared_gradient(
+        {k: {n: jnp.asarray(x) for n, x in v.items()} for k, v in grads.items()}, shared, 1.0)
+    factor = min(1.0, 1.0 / (scale + 1e-6))
+    np.testing.assert_allclose(clipped["backbone"]["w"], grads["backbone"]["w"] * factor, rtol=1e-6)
+    np.testing.assert_allclose(clipped["att"]["b"], grads["att"]["b"] * factor, rtol=1e-6)
+    np.testing.assert_array_equal(clipped["depth_head"]["w"], grads["depth_head"]["w"])
+  assert step_lib.clip_shared_gradient(grads, shared, 0.0) is grads  # 0: off
+  with pytest.raises(ConfigError, match="--clip_grad_norm: expected a number >= 0, found -1.0"):
+    dataclasses.replace(config, clip_grad_norm=-1.0).validate()
+  # A config.json of the version that clipped every gradient: a zero is read, another is refused.
+  saved = config.to_dict()
+  saved.pop("clip_grad_norm")
+  assert TrainConfig.from_dict({**saved, "grad_clip_norm": 0.0}).clip_grad_norm == 0.0
+  with pytest.raises(ValueError, match="grad_clip_norm .* is now clip_grad_norm"):
+    TrainConfig.from_dict({**saved, "grad_clip_norm": 1.0}, "config.json")
 
 
 def test_dataset_facts_come_from_the_registry():

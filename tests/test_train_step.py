@@ -49,8 +49,8 @@ def test_every_model_lowers_the_training_loss(name):
   assert all(jax.tree_util.tree_leaves(moved))
 
 
-@pytest.mark.parametrize("weighting_name", weighting_lib.NAMES)
-def test_every_weighting_lowers_its_objective(weighting_name):
+@pytest.mark.parametrize("weighting_name", ["equal", "uncertainty", "dwa"])  # the paper's; the
+def test_every_weighting_lowers_its_objective(weighting_name):  # others: test_mtl_step.py
   losses, state, _ = steps("split_standard", weighting_name, step_lib.make_optimizer(1e-3, 0))
   assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
   if weighting_name == "uncertainty":  # the log-variances are trained with the network

@@ -29,6 +29,9 @@ class ModelSpec:
       (`logsigma`, one per task). Here they belong to the weighting, not to the network, but they count
       in the reference's #P.
     build: (tasks, filters, dtype, bn_axis_name) -> flax module.
+    task_specific: (top-level parameter name, task names) -> whether only one task's loss depends
+      on it (its task-specific parameters); the others are shared, and the gradient-level weightings
+      combine the task gradients over them.
   """
 
   name: str
@@ -37,6 +40,24 @@ class ModelSpec:
   single_task: bool
   holds_log_variances: bool
   build: Callable[..., nn.Module]
+  task_specific: Callable[[str, tuple[str, ...]], bool] = lambda name, tasks: _is_head(name, tasks)
+
+
+def _is_head(name: str, tasks: tuple[str, ...]) -> bool:
+  """A task's prediction head (Split: every other parameter feeds every task)."""
+  return name in {f"{t}_head" for t in tasks}
+
+
+def _is_after_last_stitch(name: str, tasks: tuple[str, ...]) -> bool:
+  """Cross-Stitch as the reference: a task's last decoder stage (after the last cross-stitch unit)
+  and its head; every earlier stage feeds every task through the units."""
+  return name in {f"{t}_{part}" for t in tasks for part in ("decoder_4", "head")}
+
+
+def _is_task_branch(name: str, tasks: tuple[str, ...]) -> bool:
+  """MTAN: a task's attention masks and head; the SegNet backbone and the attention modules'
+  shared f blocks are shared. Dense: a task's own network and head; the shared network is shared."""
+  return any(name.startswith(f"{t}_") for t in tasks)
 
 
 WIDE_FILTERS = (64, 128, 256, 512, 1024)
@@ -59,11 +80,11 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
     ModelSpec("split_deep", "Split, Deep", segnet.VGG16_FILTERS, False, True,
               lambda t, f, d, a: baselines.SplitSegNet(t, f, 2, d, a)),
-    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense),
+    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense, _is_task_branch),
     ModelSpec("cross_stitch", "Cross-Stitch", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.CrossStitchSegNet(t, f, d, a)),
+              lambda t, f, d, a: baselines.CrossStitchSegNet(t, f, d, a), _is_after_last_stitch),
     ModelSpec("mtan", "MTAN", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: mtan.MTAN(t, f, d, a)),
+              lambda t, f, d, a: mtan.MTAN(t, f, d, a), _is_task_branch),
 )}
 MODEL_NAMES = tuple(MODELS)
 
@@ -122,6 +143,12 @@ def build_model(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: flo
       raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, found {dtype!r}")
     dtype = DTYPES[dtype]
   return spec.build(tasks, scaled_filters(name, width_mult, filters), dtype, bn_axis_name)
+
+
+def shared_parameter_names(name: str, params, tasks: tuple[tasks_lib.Task, ...]) -> frozenset[str]:
+  """The top-level names of `params` (model `name`'s) shared by the tasks (`ModelSpec.task_specific`)."""
+  task_names = tuple(t.name for t in tasks)
+  return frozenset(k for k in params if not get_spec(name).task_specific(k, task_names))
 
 
 def abstract_variables(model: nn.Module, height: int = 64, width: int = 64) -> Any:

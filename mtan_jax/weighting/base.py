@@ -9,6 +9,19 @@ A scheme is a small frozen dataclass with pure methods over explicit pytrees:
 - `weights(params, state) -> {task: scalar}`: the current weight of each task (for logs).
 - `observe(state, losses) -> state`: called every training step with the unweighted task losses.
 - `end_epoch(state) -> state`: called once at the end of every training epoch.
+- `after_update(state, before, after) -> state`: only for schemes with `needs_losses_after_update`
+  (FAMO): the step's batch's task losses before and after the update.
+
+Gradient-level schemes (`GradientWeighting`, `level = "gradient"`) see the task gradients instead of a
+single objective: the train step differentiates the vector of task losses once forward and K times
+backward (`jax.vjp`, the cotangents vmapped), sums them over devices, and hands the scheme the
+gradients of the shared parameters, stacked `[K, ...]` per leaf:
+
+- `combine(grads, losses, params, state) -> Combined`: the update direction of the shared
+  parameters, the weight of each task's gradient on its own task-specific parameters, the new state,
+  and the gradient of the scheme's trainable parameters (GradNorm's weights).
+
+Most of them only need the Gram matrix of those gradients (`GramWeighting.coefficients`).
 
 Adding a scheme means adding one module to this package that defines a class with the `register`
 decorator; the package imports every module in it.
@@ -19,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax
+import jax
 import jax.numpy as jnp
 
 from mtan_jax import schema
@@ -45,6 +60,8 @@ class Weighting:
 
   tasks: tuple[tasks_lib.Task, ...]
   name = "base"
+  level = "loss"  # one backward pass of `total`; "gradient": `combine` sees the task gradients
+  needs_losses_after_update = False  # True: `after_update` gets the batch's losses after the step
 
   @property
   def task_names(self) -> tuple[str, ...]:
@@ -52,6 +69,11 @@ class Weighting:
 
   def init(self) -> tuple[dict, dict]:
     return {}, {}
+
+  def init_for(self, shared_params) -> tuple[dict, dict]:
+    """`init()` for schemes whose state is shaped like the model's shared parameters (DB-MTL's
+    gradient buffer); `shared_params` is that pytree (arrays or ShapeDtypeStructs)."""
+    return self.init()
 
   def weights(self, params: dict, state: dict) -> dict[str, Any]:
     return {name: jnp.float32(1.0) for name in self.task_names}
@@ -65,6 +87,77 @@ class Weighting:
 
   def end_epoch(self, state: dict) -> dict:
     return state
+
+  def after_update(self, state: dict, before: Losses, after: Losses) -> dict:
+    """With `needs_losses_after_update`: the state after a step, given the task losses of the
+    step's batch before and after the update (one more forward pass)."""
+    return state
+
+
+@flax.struct.dataclass
+class Combined:
+  """What a gradient-level scheme makes of one step's task gradients.
+
+  Attributes:
+    shared: the update direction of the shared parameters (the pytree of the shared gradients,
+      unstacked), handed to the optimizer as their gradient.
+    task_weights: `[K]`: task k's task-specific parameters get task_weights[k] * g_k.
+    state: the scheme's new state.
+    params_grad: the gradient of the scheme's trainable parameters (a pytree like them).
+  """
+
+  shared: Any
+  task_weights: jax.Array
+  state: Any
+  params_grad: Any
+
+
+def gram_matrix(grads) -> jax.Array:
+  """G[i, j] = g_i . g_j over every leaf of `grads` (leaves stacked `[K, ...]`), float32 `[K, K]`."""
+  leaves = [g.reshape(g.shape[0], -1).astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)]
+  return sum(leaf @ leaf.T for leaf in leaves)
+
+
+def combine_gradients(grads, coefficients: jax.Array):
+  """sum_k c_k g_k per leaf of `grads` (leaves stacked `[K, ...]`)."""
+  return jax.tree_util.tree_map(
+      lambda g: jnp.tensordot(coefficients.astype(g.dtype), g, axes=1), grads)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientWeighting(Weighting):
+  """Base class of the gradient-level schemes: `combine` sees the shared task gradients."""
+
+  level = "gradient"
+
+  def init(self):
+    return {}, {"weights": jnp.ones(len(self.tasks), jnp.float32)}
+
+  def weights(self, params, state):
+    """The weights of the last step's combination (for logs)."""
+    return {name: state["weights"][i] for i, name in enumerate(self.task_names)}
+
+  def total(self, losses, params, state):
+    weights = self.weights(params, state)
+    return sum(jax.lax.stop_gradient(weights[name]) * losses[name] for name in self.task_names)
+
+  def combine(self, grads, losses: jax.Array, params, state) -> Combined:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class GramWeighting(GradientWeighting):
+  """A gradient-level scheme whose update is a combination sum_k c_k g_k computed from the Gram
+  matrix (and the losses): `coefficients(gram, losses, state) -> (c, task_weights, state)`."""
+
+  def coefficients(self, gram: jax.Array, losses: jax.Array, state):
+    raise NotImplementedError
+
+  def combine(self, grads, losses, params, state):
+    c, task_weights, state = self.coefficients(gram_matrix(grads), losses, state)
+    state = {**state, "weights": task_weights.astype(jnp.float32)}
+    return Combined(combine_gradients(grads, c), task_weights, state,
+                    jax.tree_util.tree_map(jnp.zeros_like, params))
 
 
 def options(name: str) -> list[schema.Option]:

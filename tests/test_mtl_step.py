@@ -1,0 +1,209 @@
+"""The multi-task methods inside the pmapped train step, on a toy two-layer network (a shared
+convolution with BatchNorm, a head per task) that compiles in about a second: the task gradients of
+one forward and K batched backward passes equal K separate backward passes; every method's update is
+the same on one device and on two; each model's declaration of its task-specific parameters holds."""
+
+import functools
+import json
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mtan_jax import losses as losses_lib
+from mtan_jax import train_step as step_lib
+from mtan_jax import weighting as weighting_lib
+from mtan_jax.models import abstract_variables, build_model, shared_parameter_names
+from mtan_jax.weighting import base
+from tests.test_train import NYU, shard, synthetic_batch
+
+SHARED = frozenset({"trunk", "trunk_bn"})
+METHODS = tuple(n for n in weighting_lib.NAMES if n not in ("equal", "uncertainty", "dwa"))
+
+
+class Toy(nn.Module):
+  """[B, H, W, 3] -> {segmentation: 13 logits, depth: 1, normal: 3 (unit)}; BatchNorm over the
+  device axis as the real models (global batch statistics)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    h = nn.Conv(8, (3, 3), name="trunk")(x)
+    h = nn.relu(nn.BatchNorm(use_running_average=not train, axis_name=step_lib.AXIS,
+                             name="trunk_bn")(h))
+    out = {"segmentation": nn.Conv(13, (1, 1), name="segmentation_head")(h),
+           "depth": nn.Conv(1, (1, 1), name="depth_head")(h)}
+    normal = nn.Conv(3, (1, 1), name="normal_head")(h)
+    out["normal"] = normal / jnp.sqrt(jnp.sum(normal ** 2, axis=-1, keepdims=True) + 1e-6)
+    return out
+
+
+class FixedCoefficients(base.GradientWeighting):
+  """Test scheme: shared update 0.3 g_seg + 1.7 g_depth - 0.5 g_normal; task weights (2, 3, 4)."""
+
+  def combine(self, grads, losses, params, state):
+    c, w = jnp.array([0.3, 1.7, -0.5]), jnp.array([2.0, 3.0, 4.0])
+    return base.Combined(base.combine_gradients(grads, c), w, {**state, "weights": w},
+                         jax.tree_util.tree_map(jnp.zeros_like, params))
+
+
+def run_steps(weighting, devices, count=2, lr=0.1, clip_grad_norm=0.0):
+  """`count` SGD steps of the toy network on one batch of 4 over `devices` devices with
+  `weighting` (a scheme or its name); returns the final state (host) and the initial one."""
+  model, sgd = Toy(), optax.sgd(lr)
+  if isinstance(weighting, str):
+    weighting = weighting_lib.build(weighting, NYU)
+  state = step_lib.create_train_state(model, weighting, sgd, (16, 16), 0, SHARED)
+  devs = jax.local_devices()[:devices]
+  train = jax.pmap(functools.partial(step_lib.train_step, model=model, weighting=weighting,
+                                     optimizer=sgd, tasks=NYU, sync_batch_stats=False,
+                                     shared=SHARED, clip_grad_norm=clip_grad_norm),
+                   axis_name=step_lib.AXIS, devices=devs)
+  replicated = step_lib.replicate(state, devs, devs)
+  batch = shard(synthetic_batch(count=4, size=(16, 16)), devices)
+  for _ in range(count):
+    replicated, outputs = train(replicated, batch)
+    assert not bool(outputs["skipped"][0])
+  return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), replicated), state
+
+
+def test_one_pass_task_gradients_equal_separate_backward_passes():
+  """The fixed scheme's SGD update, on 1 and 2 devices, against K separate jax.grad calls of each
+  task loss of the whole batch: shared parameters move by -lr sum_k c_k g_k, task k's head by
+  -lr w_k g_k."""
+  batch = synthetic_batch(count=4, size=(16, 16))
+  model = Toy()
+  _, initial = run_steps(FixedCoefficients(NYU), 1, count=0)
+
+  def task_loss(params, task):
+    outputs = jax.vmap(  # the device axis BatchNorm expects, of size 1: the whole batch
+        lambda images: model.apply({"params": params, "batch_stats": initial.batch_stats}, images,
+                                   train=True, mutable=["batch_stats"])[0],
+        axis_name=step_lib.AXIS)(batch["image"][None])
+    loss_sum, count = losses_lib.task_loss_sums(task, outputs[task.name][0], batch[task.name])
+    return loss_sum / count
+
+  grads = [jax.grad(task_loss)(initial.params["model"], task) for task in NYU]
+  c, w = [0.3, 1.7, -0.5], [2.0, 3.0, 4.0]
+  expected = {}
+  for name in initial.params["model"]:
+    if name in SHARED:
+      expected[name] = jax.tree_util.tree_map(lambda *g: -0.1 * sum(ci * gi for ci, gi in zip(c, g)),
+                                              *[g[name] for g in grads])
+    else:
+      k = [t.name for t in NYU].index(name.removesuffix("_head"))
+      expected[name] = jax.tree_util.tree_map(lambda g: -0.1 * w[k] * g, grads[k][name])
+      for j, other in enumerate(grads):  # only its own task's loss depends on a head
+        if j != k:
+          assert all(np.all(np.asarray(g) == 0) for g in jax.tree_util.tree_leaves(other[name]))
+  for devices in (1, 2):
+    new, _ = run_steps(FixedCoefficients(NYU), devices, count=1)
+    update = jax.tree_util.tree_map(lambda a, b: a - np.asarray(b), new.params["model"],
+                                    initial.params["model"])
+    chex.assert_trees_all_close(update, expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(new.weighting_state["weights"], w)
+  # --clip_grad_norm: the shared update scaled to norm lr * 1e-3, the heads' as they were.
+  clipped, _ = run_steps(FixedCoefficients(NYU), 2, count=1, clip_grad_norm=1e-3)
+  update = jax.tree_util.tree_map(lambda a, b: a - np.asarray(b), clipped.params["model"],
+                                  initial.params["model"])
+  shared_norm = np.sqrt(sum(np.sum(np.square(x)) for k in SHARED
+                            for x in jax.tree_util.tree_leaves(update[k])))
+  np.testing.assert_allclose(shared_norm, 0.1 * 1e-3, rtol=1e-3)
+  chex.assert_trees_all_close(update["depth_head"], expected["depth_head"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_gives_the_same_update_on_one_and_two_devices(name):
+  """Two steps (so that carried state, e.g. Nash-MTL's previous weights or PCGrad's key, is used):
+  the task gradients are summed over devices before the solve, so the split of the batch does not
+  matter."""
+  one, initial = run_steps(name, 1)
+  two, _ = run_steps(name, 2)
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a - np.asarray(b)).max()),
+                                 one.params["model"], initial.params["model"])
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-4  # it trains
+  chex.assert_trees_all_close(two.params, one.params, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(two.weighting_state, one.weighting_state, rtol=1e-4, atol=1e-6)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(one.params))
+
+
+def test_a_gradient_method_needs_the_shared_parameters():
+  weighting = weighting_lib.build("mgda", NYU)
+  with pytest.raises(ValueError, match="shared"):
+    step_lib.train_step(None, {}, model=Toy(), weighting=weighting, optimizer=optax.sgd(0.1),
+                        tasks=NYU, sync_batch_stats=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["mtan", "dense", "cross_stitch"])  # Split: as Cross-Stitch
+def test_each_models_task_specific_parameters_get_only_their_tasks_gradient(model_name):
+  """The registry's declaration checked on the model's real gradients (tiny width): every
+  parameter declared task-specific gets a zero gradient from every other task's loss."""
+  model = build_model(model_name, NYU, width_mult=1 / 16)
+  params = abstract_variables(model)["params"]
+  shared = shared_parameter_names(model_name, params, NYU)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  batch = synthetic_batch(count=2)
+
+  @jax.jit
+  def grads_by_task(params):
+    def losses(params):
+      outputs, _ = model.apply({**variables, "params": params}, batch["image"], train=True,
+                               mutable=["batch_stats"])
+      return jnp.stack([losses_lib.task_loss_sums(t, outputs[t.name], batch[t.name])[0]
+                        for t in NYU])
+    return jax.jacrev(losses)(params)
+
+  jacobian = grads_by_task(variables["params"])
+  specific = [k for k in params if k not in shared]
+  assert shared and specific
+  for name in specific:
+    owner = [i for i, t in enumerate(NYU) if name.startswith(f"{t.name}_")]
+    assert len(owner) == 1, name
+    for i in range(len(NYU)):
+      largest = max(float(np.abs(np.asarray(g[i])).max())
+                    for g in jax.tree_util.tree_leaves(jacobian[name]))
+      assert (largest > 0) == (i == owner[0]), (name, i, largest)
+  flat = flax.traverse_util.flatten_dict(jacobian)
+  for key, g in flat.items():  # a shared parameter feeds every task (biases before a BN aside),
+    if key[0] in shared and not key[-1] == "bias":  # or none: Dense's dead last shared block
+      feeds = [float(np.abs(np.asarray(g[i])).max()) > 0 for i in range(len(NYU))]
+      assert all(feeds) or (model_name == "dense" and key[0] == "shared_decoder_4"
+                            and not any(feeds)), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,options", [("nash_mtl", {}), ("rlw", {}), ("cagrad", {"cagrad_c": 0.2})])
+def test_a_method_trains_end_to_end_and_resumes_exactly(name, options, tmp_path):
+  """A tiny synthetic run on 2 devices: two epochs at once (`train.run`), and the same as the
+  experiment script's flags (`cli.main`, --weighting=NAME and the method's own flags), one epoch
+  then --resume for the second, end with the same state (the method's carried state, e.g. Nash-MTL's
+  previous weights or RLW's key, included) and records."""
+  from mtan_jax import cli
+  from mtan_jax import train
+  from mtan_jax.checkpoint import Checkpointer
+  from tests.test_train import tiny_config, tiny_flags
+
+  whole = train.run(tiny_config(tmp_path / "whole", tmp_path / "tfds", weighting=name, epochs=2,
+                                weighting_options=options))
+  flags = [f for f in tiny_flags(tmp_path / "split", tmp_path / "tfds")
+           if not f.startswith(("--weighting", "--epochs"))]
+  flags += [f"--weighting={name}", *(f"--{k}={v}" for k, v in options.items())]
+  cli.main([*flags, "--epochs=1"], "nyuv2")
+  cli.main([*flags, "--epochs=2", "--resume"], "nyuv2")
+  checkpoints = Checkpointer(tmp_path / "split" / "checkpoints")
+  resumed = checkpoints.restore(checkpoints.latest(), whole["state"])
+  checkpoints.close()
+  chex.assert_trees_all_equal(resumed, whole["state"])
+  records = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text()
+                   .splitlines()] for run in ("whole", "split")}
+  assert records["split"][1].pop("config_changes") == {"epochs": [1, 2]}  # said by the resume
+  drop_time = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+  assert drop_time(records["split"]) == drop_time(records["whole"])
+  assert all(np.isfinite(r["train"][t]["loss"]) for r in records["whole"] for t in r["train"])
+  config = json.loads((tmp_path / "split" / "config.json").read_text())
+  assert config["weighting"] == name and config["weighting_options"] == options
