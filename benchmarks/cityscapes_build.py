@@ -86,7 +86,7 @@ def fake_official(root: pathlib.Path, frames: dict[str, int], distinct: int, lin
   shutil.rmtree(originals)
 
 
-def main() -> None:
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--frames", default="2975,500", help="train,val frames")
   parser.add_argument("--resolution", default="128x256", choices=("128x256", "256x512"))
@@ -94,7 +94,7 @@ def main() -> None:
   parser.add_argument("--links", action="store_true", help="hard links instead of copies")
   parser.add_argument("--root", default=None, help="where the fake goes (default: a temporary folder)")
   parser.add_argument("--keep", action="store_true", help="keep the fake and its built dataset")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   train, val = (int(v) for v in args.frames.split(","))
   height, width = (int(v) for v in args.resolution.split("x"))
   scratch = pathlib.Path(args.root or tempfile.mkdtemp(prefix="cityscapes_fake_"))

@@ -15,7 +15,10 @@ among the runs is bold. Units as in the paper: mIoU, pixel accuracy and the angl
 percent.
 
 `--paper` adds, under each row, the paper's numbers for the same architecture and weighting (from
-mtan_jax/paper_results.md, the paper's tables), with Δm against the paper's own One Task row.
+mtan_jax/paper_results.md, the paper's tables), with Δm against the paper's own One Task row; and,
+under MTAN rows trained with a multi-task method (`--weighting=nash_mtl`, ...), that method's
+published numbers on MTAN-SegNet (Nash-MTL / FAMO protocol), with Δm against the STL row of the
+same protocol, as those papers compute it (sign flipped: here higher is better).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class Row:
   delta: float | None = None
   temperature: float = 2.0  # DWA's, for the weighting's label
   setting: str = ""  # how its runs differ from other rows of the same label, e.g. "dtype=bfloat16"
+  source: str = ""  # a published row's method and paper ("" for the MTAN paper's)
+  published_delta: float | None = None  # the Δm its paper printed (their sign: lower is better)
+  approximate: bool = False  # rounded in its source
 
   @property
   def key(self) -> tuple[str, str | None]:
@@ -112,6 +118,50 @@ def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
     out.setdefault(dataset, []).append(Row(model, _PAPER_WEIGHTINGS[cells[2]], params, 0, means,
                                            {}, paper=True))
   return out
+
+
+_METHOD_SECTION = re.compile(r"^## Methods (\w+)")
+
+
+def method_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
+  """{dataset: rows} of the published multi-task methods on MTAN-SegNet (paper_results.md's
+  "Methods" sections): each row's model "mtan" and our weighting's name ("single" for the STL row,
+  the baseline of their Δm), its source, and the published Δm (`published_delta`, their sign:
+  lower is better). Rows of Δm only (CityScapes) have no metrics."""
+  out: dict[str, list[Row]] = {}
+  dataset = None
+  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+    if line.startswith("## "):
+      section = _METHOD_SECTION.match(line)
+      dataset = _PAPER_SECTIONS.get(section.group(1)) if section else None
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if dataset is None or not line.startswith("|") or cells[0] == "Method" or re.fullmatch(
+        r"[-: ]+", cells[0]):
+      continue
+    method, weighting, source, values = cells[0], cells[1], cells[2], cells[3:]
+    tasks = [t.name for t in tasks_lib.dataset_tasks(dataset)]
+    names = [(t, m) for t in tasks for m in metrics_lib.TASK_METRICS[t]]
+    if len(values) not in (1, len(names) + 1):
+      raise ValueError(f"{path}:{number}: expected Δm alone or {len(names)} metrics and Δm, found "
+                       f"{len(values)} values")
+    means: dict[str, dict[str, float]] = {}
+    for (task, metric), cell in zip(names, values[:-1]):
+      means.setdefault(task, {})[metric] = float(cell) / (100 if metric in PERCENT else 1)
+    published = values[-1].lstrip("≈")
+    if weighting != "n.a." and weighting not in weighting_names():
+      raise ValueError(f"{path}:{number}: weighting {weighting!r} is not a scheme of this library")
+    row = Row("single" if weighting == "n.a." else "mtan", None if weighting == "n.a." else weighting,
+              None, 0, means, {}, paper=True, source=f"{method}, {source}")
+    row.published_delta = float(published) if published else None
+    row.approximate = values[-1].startswith("≈") or source == "rounded"
+    out.setdefault(dataset, []).append(row)
+  return out
+
+
+def weighting_names() -> tuple[str, ...]:
+  from mtan_jax import weighting as weighting_lib  # pylint: disable=import-outside-toplevel
+  return weighting_lib.NAMES
 
 
 # --- Rows from runs ----------------------------------------------------------------------------
@@ -249,7 +299,8 @@ def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:
            "|" + "|".join(lead + ["---:"] * (len(header) - len(lead))) + "|"]
   for row in rows:
     cells = [f"{row.params:.2f}" if row.params is not None else "",
-             ("↳ paper" if row.paper else ARCHITECTURES.get(row.model, row.model)),
+             (f"↳ {row.source or 'paper'}" if row.paper
+              else ARCHITECTURES.get(row.model, row.model)),
              weighting_label(row.weighting, row.temperature)]
     cells += [row.setting] if with_setting else []
     cells += ["" if row.paper else str(row.runs)]
@@ -279,6 +330,7 @@ def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
   for run in runs:
     by_dataset.setdefault(run.config.dataset, []).append(run)
   published = paper_rows() if paper else {}
+  methods = method_rows() if paper else {}
   parts = []
   for dataset, members in by_dataset.items():
     rows = rows_from_runs(members, split)
@@ -287,10 +339,16 @@ def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
     if paper:
       reference = published.get(dataset, [])
       add_delta_m(reference, present)  # over the tasks of these runs, as theirs
+      others = methods.get(dataset, [])
+      add_delta_m(others, present)  # against their own STL row
+      for row in others:
+        if not row.means and row.published_delta is not None:  # Δm alone: in our sign
+          row.delta = -row.published_delta
       merged = []
       for row in rows:
         merged.append(row)
         merged += [p for p in reference if p.key == row.key]
+        merged += [p for p in others if p.key == row.key]
       rows = merged
     columns = [(t.name, m) for t in tasks_lib.dataset_tasks(dataset, None,
                                                             members[0].config.data.num_classes)

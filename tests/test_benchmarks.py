@@ -209,3 +209,15 @@ def test_profile_of_a_tiny_step_accounts_for_its_op_time(capsys):
   assert sum(g["gb"] for g in result["groups"]) == pytest.approx(result["gb_per_step"], rel=1e-2)
   assert result["gb_per_step"] == pytest.approx(result["xla_gb_per_step"], rel=1e-2)
   assert "component" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cityscapes_build_benchmark_fakes_the_official_files_and_builds_them(tmp_path, capsys):
+  load("cityscapes_build").main(["--frames=2,1", "--distinct=1", "--links", f"--root={tmp_path}",
+                                 "--keep"])
+  out = capsys.readouterr().out
+  assert "fake official release: 2 + 1 frames of 2048x1024" in out
+  assert "every-run check of 9 files" in out and "build at 128x256" in out
+  assert "a second run's check: up to date" in out
+  assert sorted(p.name for p in (tmp_path / "official" / "leftImg8bit" / "val").iterdir()) == [
+      "frankfurt"]

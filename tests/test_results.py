@@ -226,3 +226,50 @@ def test_curves_refuse_runs_of_different_datasets_on_one_panel(runs, tmp_path):
   (city / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="runs of different datasets cannot share panels"):
     plot.curves([runs["dep"], city], tmp_path / "c.png")
+
+
+def test_published_method_rows_give_the_delta_m_their_papers_print():
+  """The methods' published NYUv2 rows (MTAN-SegNet), with this library's Δm against their STL
+  row: the negative of the Δm each paper printed (their sign), to the rounding of the table."""
+  rows = report.method_rows()
+  nyu, city = rows["nyuv2"], rows["cityscapes"]
+  assert [r.source.split(",")[0] for r in nyu][:3] == ["STL", "LS", "DWA"] and len(nyu) == 12
+  assert {r.weighting for r in nyu if r.model == "mtan"} == {
+      "equal", "dwa", "uncertainty", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "famo",
+      "fairgrad", "aligned_mtl"}
+  by_weighting = {r.weighting: r for r in nyu}
+  assert by_weighting["nash_mtl"].means["depth"]["abs_error"] == 0.5261
+  assert by_weighting["nash_mtl"].means["normal"]["within_30"] == pytest.approx(0.6815)
+  report.add_delta_m(nyu)
+  for row in nyu[1:]:
+    tolerance = 0.5 if row.approximate else 0.02
+    assert row.delta == pytest.approx(-row.published_delta, abs=tolerance), row.source
+  assert len(city) == 10 and all(not r.means for r in city)
+  assert {r.weighting: r.published_delta for r in city}["famo"] == 8.13
+
+
+def write_run(folder, model, weighting, tasks, metrics):
+  """A run folder as training leaves it, with one epoch of `metrics` ({task: {metric: value}})."""
+  folder.mkdir(parents=True)
+  config = TrainConfig(model=model, weighting=weighting, tasks=tasks)
+  (folder / "config.json").write_text(json.dumps(config.to_dict()))
+  (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "test": metrics}) + "\n")
+  return folder
+
+
+def test_the_report_sets_a_methods_published_row_under_ours(tmp_path):
+  """An MTAN run with --weighting=nash_mtl gets the Nash-MTL paper's row under it, its Δm against
+  that paper's STL row (the NYUv2 metrics of this run's tasks)."""
+  nash = {"segmentation": {"miou": 0.40, "pixel_accuracy": 0.66},
+          "depth": {"abs_error": 0.53, "rel_error": 0.22}}
+  run = write_run(tmp_path / "nash", "mtan", "nash_mtl", TWO_TASKS, nash)
+  lines = report.main([str(run), "--paper"]).splitlines()
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+          if line.startswith("| ")][1:]
+  assert [r[1:3] for r in rows] == [["MTAN", "nash_mtl"], ["↳ Nash-MTL, Navon 2022", "nash_mtl"]]
+  stl = (38.30, 63.76, 0.6754, 0.2780)
+  theirs = (40.13, 65.93, 0.5261, 0.2171)
+  expected = 100 * np.mean([(theirs[0] - stl[0]) / stl[0], (theirs[1] - stl[1]) / stl[1],
+                            -(theirs[2] - stl[2]) / stl[2], -(theirs[3] - stl[3]) / stl[3]])
+  assert rows[1][4:8] == ["40.13", "65.93", "0.5261", "0.2171"]
+  assert rows[1][-1] == f"{expected:+.2f}"
