@@ -348,7 +348,7 @@ def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
       for row in rows:
         merged.append(row)
         merged += [p for p in reference if p.key == row.key]
-        merged += [p for p in others if p.key == row.key]
+        merged += [p for p in others if p.key == row.key and p.model != "single"]  # STL: base
       rows = merged
     columns = [(t.name, m) for t in tasks_lib.dataset_tasks(dataset, None,
                                                             members[0].config.data.num_classes)
