@@ -132,9 +132,9 @@ def _all_finite(tree) -> jax.Array:
 def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weighting,
                        shared: frozenset[str], devices: int, axis_name: str):
   """A gradient-level weighting's step: the task losses differentiated once forward and K times
-  backward (the pullback vmapped over the K unit cotangents), summed over devices (so every device
-  solves with the global batch's gradients), then combined by the weighting. Returns (grads like
-  state.params, total, task_losses, outputs, batch_stats, weighting_state)."""
+  backward (the pullback of the task-loss vector at the K unit cotangents), summed over devices
+  (so every device solves with the global batch's gradients), then combined by the weighting.
+  Returns (grads like state.params, total, task_losses, outputs, batch_stats, weighting_state)."""
   names = [t.name for t in tasks]
 
   def loss_vector(model_params):
@@ -147,7 +147,13 @@ def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weig
   vector, pullback, (task_losses, outputs, batch_stats) = jax.vjp(
       loss_vector, state.params["model"], has_aux=True)
   with jax.named_scope("task_gradients"):
-    (task_grads,) = jax.vmap(pullback)(jnp.eye(len(names), dtype=vector.dtype))
+    # K pullbacks of the one forward pass, each a plain backward pass. Vmapping the pullback over
+    # the K unit cotangents computes the same in one batched backward pass, but XLA's CPU
+    # convolutions run the batched transposes at half the speed (MTAN 288x384 at width 1/4,
+    # batch 2: 6.7 s against 3.3 s, equal's step 1.7 s).
+    cotangents = jnp.eye(len(names), dtype=vector.dtype)
+    per_task = [pullback(cotangents[k])[0] for k in range(len(names))]
+    task_grads = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *per_task)
     task_grads = jax.lax.psum(task_grads, axis_name)
   losses = jnp.stack([task_losses[n] for n in names]).astype(jnp.float32)
   with jax.named_scope("weighting"):

@@ -201,3 +201,35 @@ def test_a_method_trains_end_to_end_and_resumes_exactly(name, options, tmp_path)
   assert all(np.isfinite(r["train"][t]["loss"]) for r in records["whole"] for t in r["train"])
   config = json.loads((tmp_path / "split" / "config.json").read_text())
   assert config["weighting"] == name and options.items() <= config["weighting_options"].items()
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+  """`train.run` with the toy network in place of the registry's model (shared: its trunk, as a
+  Split's backbone), so that every method runs the whole loop in seconds."""
+  return tmp_path_factory.mktemp("toy_runs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_runs_the_loop_checkpoints_and_resumes_exactly(name, toy_runs, monkeypatch):
+  """The whole training loop (2 devices, 2 epochs of 3 steps, evaluation, checkpoints) with each
+  method: finite records, and one epoch then --resume ends as the two epochs at once, so every
+  method's state (keys, buffers, logits and their Adam state, learned weights, epoch-0 losses)
+  goes through a checkpoint intact."""
+  from mtan_jax import train
+  from tests.test_train import tiny_config
+
+  monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: Toy())
+  tfds_dir = toy_runs / "tfds"
+  config = lambda folder, **kw: tiny_config(toy_runs / name / folder, tfds_dir,  # noqa: E731
+                                            weighting=name, **kw)
+  whole = train.run(config("whole", epochs=2))
+  train.run(config("split", epochs=1))
+  resumed = train.run(config("split", epochs=2, resume=True))
+  chex.assert_trees_all_equal(resumed["state"], whole["state"])
+  records = [json.loads(line) for line in
+             (toy_runs / name / "whole" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [0, 1]
+  assert all(np.isfinite(r["train"][t]["loss"]) and np.isfinite(r["weights"][t])
+             for r in records for t in r["train"])
