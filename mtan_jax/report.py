@@ -90,37 +90,55 @@ _PAPER_WEIGHTINGS = {"n.a.": None, "Equal": "equal", "Uncertainty": "uncertainty
 _PAPER_SECTIONS = {"CityScapes": tasks_lib.CITYSCAPES, "NYUv2": tasks_lib.NYUV2}
 
 
+def _value_rows(path, heading: re.Pattern, header: str):
+  """(line number, dataset, cells) of every row of values in the sections of `path` whose heading
+  `heading` matches with a dataset's name (its group 1); header rows (first cell `header`) and
+  rules are skipped."""
+  dataset = None
+  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+    if line.startswith("## "):
+      match = heading.match(line)
+      dataset = _PAPER_SECTIONS.get(match.group(1)) if match else None
+      continue
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if (dataset is None or not line.startswith("|") or cells[0] == header
+        or re.fullmatch(r"[-: ]+", cells[0])):  # not a row of values: header or rule
+      continue
+    yield number, dataset, cells
+
+
+def _metric_names(dataset: str) -> list[tuple[str, str]]:
+  """(task, metric) of a dataset's table columns, in order."""
+  return [(t.name, m) for t in tasks_lib.dataset_tasks(dataset)
+          for m in metrics_lib.TASK_METRICS[t.name]]
+
+
+def _means(names: list[tuple[str, str]], cells: list[str]) -> dict[str, dict[str, float]]:
+  """{task: {metric: value}} of a row's metric cells, in this library's units (fractions)."""
+  means: dict[str, dict[str, float]] = {}
+  for (task, metric), cell in zip(names, cells):
+    means.setdefault(task, {})[metric] = float(cell) / (100 if metric in PERCENT else 1)
+  return means
+
+
 def paper_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
   """{dataset: rows} of the paper's tables, values in this library's units (fractions)."""
   out: dict[str, list[Row]] = {}
-  dataset, params, model = None, None, None
-  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
-    heading = re.match(r"^## (\w+)", line)
-    if heading:
-      dataset = _PAPER_SECTIONS.get(heading.group(1))
-      continue
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if (dataset is None or not line.startswith("|") or len(cells) < 4 or cells[0] == "#P"
-        or re.fullmatch(r"[-: ]+", cells[0])):  # not a row of values: header or rule
+  params, model = None, None
+  for number, dataset, cells in _value_rows(path, re.compile(r"^## (\w+)"), "#P"):
+    if len(cells) < 4:
       continue
     params = float(cells[0].lstrip("~")) if cells[0] else params
     model = _PAPER_ARCHITECTURES[cells[1]] if cells[1] else model
     if cells[2] not in _PAPER_WEIGHTINGS:
       raise ValueError(f"{path}:{number}: weighting {cells[2]!r} not one of "
                        f"{sorted(_PAPER_WEIGHTINGS)}")
-    tasks = [t.name for t in tasks_lib.dataset_tasks(dataset)]
-    names = [(t, m) for t in tasks for m in metrics_lib.TASK_METRICS[t]]
+    names = _metric_names(dataset)
     if len(cells) - 3 != len(names):
       raise ValueError(f"{path}:{number}: expected {len(names)} metrics, found {len(cells) - 3}")
-    means: dict[str, dict[str, float]] = {t: {} for t in tasks}
-    for (task, metric), cell in zip(names, cells[3:]):
-      means[task][metric] = float(cell) / (100 if metric in PERCENT else 1)
-    out.setdefault(dataset, []).append(Row(model, _PAPER_WEIGHTINGS[cells[2]], params, 0, means,
-                                           {}, paper=True))
+    out.setdefault(dataset, []).append(Row(model, _PAPER_WEIGHTINGS[cells[2]], params, 0,
+                                           _means(names, cells[3:]), {}, paper=True))
   return out
-
-
-_METHOD_SECTION = re.compile(r"^## Methods (\w+)")
 
 
 def method_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
@@ -129,33 +147,21 @@ def method_rows(path=PAPER_FILE) -> dict[str, list[Row]]:
   the baseline of their Δm), its source, and the published Δm (`published_delta`, their sign:
   lower is better). Rows of Δm only (CityScapes) have no metrics."""
   out: dict[str, list[Row]] = {}
-  dataset = None
-  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
-    if line.startswith("## "):
-      section = _METHOD_SECTION.match(line)
-      dataset = _PAPER_SECTIONS.get(section.group(1)) if section else None
-      continue
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if dataset is None or not line.startswith("|") or cells[0] == "Method" or re.fullmatch(
-        r"[-: ]+", cells[0]):
-      continue
+  for number, dataset, cells in _value_rows(path, re.compile(r"^## Methods (\w+)"), "Method"):
     method, weighting, source, values = cells[0], cells[1], cells[2], cells[3:]
-    tasks = [t.name for t in tasks_lib.dataset_tasks(dataset)]
-    names = [(t, m) for t in tasks for m in metrics_lib.TASK_METRICS[t]]
+    names = _metric_names(dataset)
     if len(values) not in (1, len(names) + 1):
       raise ValueError(f"{path}:{number}: expected Δm alone or {len(names)} metrics and Δm, found "
                        f"{len(values)} values")
-    means: dict[str, dict[str, float]] = {}
-    for (task, metric), cell in zip(names, values[:-1]):
-      means.setdefault(task, {})[metric] = float(cell) / (100 if metric in PERCENT else 1)
-    published = values[-1].lstrip("≈")
     if weighting != "n.a." and weighting not in weighting_names():
       raise ValueError(f"{path}:{number}: weighting {weighting!r} is not a scheme of this library")
-    row = Row("single" if weighting == "n.a." else "mtan", None if weighting == "n.a." else weighting,
-              None, 0, means, {}, paper=True, source=f"{method}, {source}")
-    row.published_delta = float(published) if published else None
-    row.approximate = values[-1].startswith("≈") or source == "rounded"
-    out.setdefault(dataset, []).append(row)
+    published = values[-1].lstrip("≈")
+    single = weighting == "n.a."
+    out.setdefault(dataset, []).append(Row(
+        "single" if single else "mtan", None if single else weighting, None, 0,
+        _means(names, values[:-1]), {}, paper=True, source=f"{method}, {source}",
+        published_delta=float(published) if published else None,
+        approximate=values[-1].startswith("≈") or source == "rounded"))
   return out
 
 

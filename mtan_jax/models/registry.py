@@ -16,6 +16,11 @@ from mtan_jax.models import mtan
 from mtan_jax.models import segnet
 
 
+def _is_head(name: str, tasks: tuple[str, ...]) -> bool:
+  """A task's prediction head (Split: every other parameter feeds every task)."""
+  return name in {f"{t}_head" for t in tasks}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """How to build one architecture of the paper.
@@ -40,12 +45,7 @@ class ModelSpec:
   single_task: bool
   holds_log_variances: bool
   build: Callable[..., nn.Module]
-  task_specific: Callable[[str, tuple[str, ...]], bool] = lambda name, tasks: _is_head(name, tasks)
-
-
-def _is_head(name: str, tasks: tuple[str, ...]) -> bool:
-  """A task's prediction head (Split: every other parameter feeds every task)."""
-  return name in {f"{t}_head" for t in tasks}
+  task_specific: Callable[[str, tuple[str, ...]], bool] = _is_head
 
 
 def _is_after_last_stitch(name: str, tasks: tuple[str, ...]) -> bool:

@@ -14,7 +14,7 @@ A scheme is a small frozen dataclass with pure methods over explicit pytrees:
 
 Gradient-level schemes (`GradientWeighting`, `level = "gradient"`) see the task gradients instead of a
 single objective: the train step differentiates the vector of task losses once forward and K times
-backward (`jax.vjp`, the cotangents vmapped), sums them over devices, and hands the scheme the
+backward (`jax.vjp`, one pullback per task), sums them over devices, and hands the scheme the
 gradients of the shared parameters, stacked `[K, ...]` per leaf:
 
 - `combine(grads, losses, params, state) -> Combined`: the update direction of the shared
@@ -70,6 +70,10 @@ class Weighting:
   def init(self) -> tuple[dict, dict]:
     return {}, {}
 
+  def stacked(self, losses: Losses) -> jax.Array:
+    """The task losses `{task: scalar}` as a float32 vector `[K]` in the order of `tasks`."""
+    return jnp.stack([jnp.asarray(losses[name], jnp.float32) for name in self.task_names])
+
   def init_for(self, shared_params) -> tuple[dict, dict]:
     """`init()` for schemes whose state is shaped like the model's shared parameters (DB-MTL's
     gradient buffer); `shared_params` is that pytree (arrays or ShapeDtypeStructs)."""
@@ -112,6 +116,23 @@ class Combined:
   params_grad: Any
 
 
+def epoch_sums(k: int) -> dict:
+  """State for a mean over an epoch's steps of the task losses (DWA, GradNorm)."""
+  return {"epoch_sum": jnp.zeros(k, jnp.float32), "epoch_steps": jnp.zeros((), jnp.int32)}
+
+
+def add_to_epoch_sums(state: dict, losses: jax.Array) -> dict:
+  """`state` with one step's task losses `[K]` added to its epoch sums."""
+  return {**state, "epoch_sum": state["epoch_sum"] + losses,
+          "epoch_steps": state["epoch_steps"] + 1}
+
+
+def close_epoch_sums(state: dict) -> tuple[jax.Array, dict]:
+  """(the epoch's mean task losses `[K]`, `state` with its epoch sums set back to zero)."""
+  mean = state["epoch_sum"] / jnp.maximum(state["epoch_steps"], 1)
+  return mean, {**state, **epoch_sums(mean.shape[0])}
+
+
 def gram_matrix(grads) -> jax.Array:
   """G[i, j] = g_i . g_j over every leaf of `grads` (leaves stacked `[K, ...]`), float32 `[K, K]`."""
   leaves = [g.reshape(g.shape[0], -1).astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)]
@@ -136,10 +157,6 @@ class GradientWeighting(Weighting):
   def weights(self, params, state):
     """The weights of the last step's combination (for logs)."""
     return {name: state["weights"][i] for i, name in enumerate(self.task_names)}
-
-  def total(self, losses, params, state):
-    weights = self.weights(params, state)
-    return sum(jax.lax.stop_gradient(weights[name]) * losses[name] for name in self.task_names)
 
   def combine(self, grads, losses: jax.Array, params, state) -> Combined:
     raise NotImplementedError

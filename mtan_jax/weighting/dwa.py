@@ -31,8 +31,7 @@ class DWA(base.Weighting):
 
   def init(self):
     k = len(self.tasks)
-    state = {"epoch_sum": jnp.zeros(k, jnp.float32), "epoch_steps": jnp.zeros((), jnp.int32),
-             "history": jnp.ones((2, k), jnp.float32),  # [L(t-1), L(t-2)]
+    state = {**base.epoch_sums(k), "history": jnp.ones((2, k), jnp.float32),  # [L(t-1), L(t-2)]
              "epochs_seen": jnp.zeros((), jnp.int32)}
     return {}, state
 
@@ -47,13 +46,9 @@ class DWA(base.Weighting):
     return sum(jax.lax.stop_gradient(weights[name]) * losses[name] for name in self.task_names)
 
   def observe(self, state, losses):
-    current = jnp.stack([jnp.asarray(losses[name], jnp.float32) for name in self.task_names])
-    return {**state, "epoch_sum": state["epoch_sum"] + current,
-            "epoch_steps": state["epoch_steps"] + 1}
+    return base.add_to_epoch_sums(state, self.stacked(losses))
 
   def end_epoch(self, state):
-    mean = state["epoch_sum"] / jnp.maximum(state["epoch_steps"], 1)
-    return {"epoch_sum": jnp.zeros_like(state["epoch_sum"]),
-            "epoch_steps": jnp.zeros_like(state["epoch_steps"]),
-            "history": jnp.stack([mean, state["history"][0]]),
+    mean, state = base.close_epoch_sums(state)
+    return {**state, "history": jnp.stack([mean, state["history"][0]]),
             "epochs_seen": state["epochs_seen"] + 1}

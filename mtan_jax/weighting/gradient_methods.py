@@ -186,9 +186,8 @@ class GradNorm(base.GradientWeighting):
   def init(self):
     k = len(self.tasks)
     params = {"loss_scale": jnp.ones(k, jnp.float32)}
-    state = {"weights": jnp.ones(k, jnp.float32), "epoch_sum": jnp.zeros(k, jnp.float32),
-             "epoch_steps": jnp.zeros((), jnp.int32), "initial": jnp.ones(k, jnp.float32),
-             "epochs_seen": jnp.zeros((), jnp.int32)}
+    state = {"weights": jnp.ones(k, jnp.float32), **base.epoch_sums(k),
+             "initial": jnp.ones(k, jnp.float32), "epochs_seen": jnp.zeros((), jnp.int32)}
     return params, state
 
   def combine(self, grads, losses, params, state):
@@ -204,14 +203,11 @@ class GradNorm(base.GradientWeighting):
     active = state["epochs_seen"] >= 1
     weights = jnp.where(active, k * jax.nn.softmax(params["loss_scale"]), jnp.ones(k))
     scale_grad = jnp.where(active, jax.grad(balance)(params["loss_scale"]), 0.0)
-    summed = {**state, "weights": weights, "epoch_sum": state["epoch_sum"] + losses,
-              "epoch_steps": state["epoch_steps"] + 1}
+    summed = base.add_to_epoch_sums({**state, "weights": weights}, losses)
     return base.Combined(base.combine_gradients(grads, weights), weights, summed,
                          {"loss_scale": scale_grad})
 
   def end_epoch(self, state):
-    mean = state["epoch_sum"] / jnp.maximum(state["epoch_steps"], 1)
+    mean, state = base.close_epoch_sums(state)
     return {**state, "initial": jnp.where(state["epochs_seen"] == 0, mean, state["initial"]),
-            "epoch_sum": jnp.zeros_like(state["epoch_sum"]),
-            "epoch_steps": jnp.zeros_like(state["epoch_steps"]),
             "epochs_seen": state["epochs_seen"] + 1}

@@ -57,11 +57,10 @@ class GLS(base.Weighting):
     return {name: mean / (len(self.tasks) * losses[i]) for i, name in enumerate(self.task_names)}
 
   def total(self, losses, params, state):
-    stacked = jnp.stack([losses[name] for name in self.task_names])
-    return jnp.prod(stacked) ** (1.0 / len(self.tasks))
+    return jnp.prod(self.stacked(losses)) ** (1.0 / len(self.tasks))
 
   def observe(self, state, losses):
-    return {"losses": jnp.stack([jnp.asarray(losses[n], jnp.float32) for n in self.task_names])}
+    return {"losses": self.stacked(losses)}
 
 
 @base.register("famo")
@@ -100,21 +99,17 @@ class FAMO(base.Weighting):
     return {name: w[i] for i, name in enumerate(self.task_names)}
 
   def total(self, losses, params, state):
-    stacked = jnp.stack([losses[name] for name in self.task_names])
     z = jax.nn.softmax(state["logits"])
-    shifted = stacked + 1e-8
+    shifted = self.stacked(losses) + 1e-8
     c = jax.lax.stop_gradient(jnp.sum(z / shifted))
     return jnp.sum(jnp.log(shifted) * z / c)
 
   def observe(self, state, losses):
-    return {**state, "losses": jnp.stack([jnp.asarray(losses[n], jnp.float32)
-                                          for n in self.task_names])}
+    return {**state, "losses": self.stacked(losses)}
 
   def after_update(self, state, before, after):
     """The logits' step from the losses of one batch before and after the parameters' update."""
-    stack = lambda losses: jnp.stack([jnp.asarray(losses[n], jnp.float32)  # noqa: E731
-                                      for n in self.task_names])
-    delta = jnp.log(stack(before) + 1e-8) - jnp.log(stack(after) + 1e-8)
+    delta = jnp.log(self.stacked(before) + 1e-8) - jnp.log(self.stacked(after) + 1e-8)
     _, pullback = jax.vjp(jax.nn.softmax, state["logits"])
     (gradient,) = pullback(delta)
     updates, opt_state = self._logits_optimizer().update(gradient, state["logits_opt"],
