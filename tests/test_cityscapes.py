@@ -172,23 +172,30 @@ def test_the_experiment_script_trains_on_the_official_files(official, tmp_path_f
 
 
 def test_frames_are_loaded_in_threads_in_order_and_the_first_bad_one_is_reported():
+  """Item 0 waits until item 2 is done and frame 7 until frame 12 has failed, so the threads finish
+  out of order for certain: the results still come in order, and frame 7's error is the one told."""
   import threading
-  import time
 
   from mtan_jax.data import builders
 
-  threads = set()
+  done = {i: threading.Event() for i in range(20)}
+  finished = []
 
-  def slow_square(i):  # earlier items take longer, so they finish after later ones
-    threads.add(threading.get_ident())
-    time.sleep(0.002 * (20 - i))
-    if i in (7, 12):
-      raise ReleaseError(f"frame {i}")
-    return i * i
+  def square(i, waits_for):
+    try:
+      if i in waits_for:
+        assert done[waits_for[i]].wait(timeout=30), f"item {waits_for[i]} never ran beside {i}"
+      if i in (7, 12):
+        raise ReleaseError(f"frame {i}")
+      return i * i
+    finally:
+      finished.append(i)
+      done[i].set()
 
-  assert list(builders._in_threads(slow_square, range(7), workers=3)) == [i * i for i in range(7)]
-  assert len(threads) > 1
-  results = builders._in_threads(slow_square, range(20), workers=3)
+  results = builders._in_threads(lambda i: square(i, {0: 2}), range(7), workers=3)
+  assert list(results) == [i * i for i in range(7)]
+  assert finished.index(2) < finished.index(0)  # computed ahead, handed out in order
+  results = builders._in_threads(lambda i: square(i, {7: 12}), range(20), workers=3)
   assert [next(results) for _ in range(7)] == [i * i for i in range(7)]
   with pytest.raises(ReleaseError, match="frame 7"):
     next(results)

@@ -45,7 +45,9 @@ def on_simplex(objective, k):
 def test_mgda_finds_the_min_norm_point(k, kind):
   g = task_gradients(k, kind)
   gram = g @ g.T
-  w = np.asarray(solvers.min_norm_weights(jnp.asarray(gram)))
+  w = solvers.min_norm_weights(jnp.asarray(gram))
+  chex.assert_shape(w, (k,))
+  w = np.asarray(w)
   reference = on_simplex(lambda x: x @ gram @ x, k)
   assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5
   # The min-norm value within 1e-6 of the largest squared gradient norm (float32 solver).
@@ -61,7 +63,9 @@ def test_cagrad_solves_its_dual(k, kind):
   reference = on_simplex(lambda x: x @ gram @ b + radius * np.sqrt(x @ gram @ x + 1e-8), k)
   w = reference.x
   expected = (g.mean(0) + radius / np.sqrt(w @ gram @ w + 1e-8) * (w @ g)) / (1 + c ** 2)
-  ours = np.asarray(solvers.cagrad_weights(jnp.asarray(gram), c)) @ g
+  coefficients = solvers.cagrad_weights(jnp.asarray(gram), c)
+  chex.assert_shape(coefficients, (k,))
+  ours = np.asarray(coefficients) @ g
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
@@ -70,7 +74,9 @@ def test_cagrad_solves_its_dual(k, kind):
 def test_the_bargaining_solution_meets_its_condition(k, kind, exponent):
   g = task_gradients(k, kind)
   gram = g @ g.T
-  alpha = np.asarray(solvers.bargaining_weights(jnp.asarray(gram), exponent), np.float64)
+  alpha = solvers.bargaining_weights(jnp.asarray(gram), exponent)
+  chex.assert_shape(alpha, (k,))
+  alpha = np.asarray(alpha, np.float64)
   assert np.all(alpha > 0)
   residual = gram @ alpha - alpha ** (-exponent)
   assert np.max(np.abs(residual)) <= 1e-4 * np.max(alpha ** (-exponent)), residual
@@ -79,7 +85,9 @@ def test_the_bargaining_solution_meets_its_condition(k, kind, exponent):
 @pytest.mark.parametrize("k,kind", CASES)
 def test_imtl_projects_equally_on_every_task(k, kind):
   g = task_gradients(k, kind)
-  alpha = np.asarray(solvers.imtl_weights(jnp.asarray(g @ g.T)), np.float64)
+  alpha = solvers.imtl_weights(jnp.asarray(g @ g.T))
+  chex.assert_shape(alpha, (k,))
+  alpha = np.asarray(alpha, np.float64)
   update = alpha @ g
   projections = g @ update / np.linalg.norm(g, axis=1)  # update . u_k
   assert abs(alpha.sum() - 1) < 1e-5
@@ -92,7 +100,9 @@ def test_aligned_mtl_is_the_sum_of_the_aligned_gradients(k, kind):
   g = task_gradients(k, kind)
   u, s, vt = np.linalg.svd(g, full_matrices=False)
   expected = (s.min() * u @ vt).sum(0)
-  ours = np.asarray(solvers.aligned_weights(jnp.asarray(g @ g.T)), np.float64) @ g
+  coefficients = solvers.aligned_weights(jnp.asarray(g @ g.T))
+  chex.assert_shape(coefficients, (k,))
+  ours = np.asarray(coefficients, np.float64) @ g
   np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
