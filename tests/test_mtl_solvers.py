@@ -94,6 +94,42 @@ def test_imtl_projects_equally_on_every_task(k, kind):
   np.testing.assert_allclose(projections, projections[0], rtol=2e-4)
 
 
+@pytest.mark.parametrize("k,zero", [(2, 0), (3, 0), (3, 1), (5, 4)])
+def test_a_task_with_a_zero_gradient_gets_no_weight_and_the_others_are_solved_without_it(k, zero):
+  """A task without valid pixels in a batch has a zero gradient: Nash-MTL and FairGrad's
+  G alpha = alpha^-e then has no finite solution, IMTL-G no direction for it. That task gets 0 and
+  the others meet their conditions among themselves (checked in numpy on the active rows);
+  MGDA's min-norm point is then the zero update, as its definition says; the rest stay finite."""
+  g = task_gradients(k, "random")
+  g[zero] = 0.0
+  gram = jnp.asarray(g @ g.T)
+  active = np.arange(k) != zero
+  a = g[active]
+  for exponent in (1.0, 0.5):
+    alpha = np.asarray(solvers.bargaining_weights(gram, exponent), np.float64)
+    assert alpha[zero] == 0.0 and np.all(alpha[active] > 0), alpha
+    residual = a @ a.T @ alpha[active] - alpha[active] ** (-exponent)
+    assert np.max(np.abs(residual)) <= 1e-4 * np.max(alpha[active] ** (-exponent)), residual
+  warm = solvers.bargaining_weights(gram, start=jnp.zeros(k).at[(zero + 1) % k].set(0.3))
+  np.testing.assert_allclose(warm, solvers.bargaining_weights(gram), rtol=1e-4)
+  alpha = np.asarray(solvers.imtl_weights(gram), np.float64)
+  assert alpha[zero] == 0.0 and abs(alpha.sum() - 1) < 1e-5, alpha
+  if k > 2:
+    projections = a @ (alpha @ g) / np.linalg.norm(a, axis=1)
+    np.testing.assert_allclose(projections, projections[0], rtol=2e-4)
+  else:
+    np.testing.assert_allclose(alpha[active], [1.0])
+  assert np.linalg.norm(np.asarray(solvers.min_norm_weights(gram)) @ g) < 1e-6
+  for coefficients in (solvers.cagrad_weights(gram), solvers.aligned_weights(gram),
+                       solvers.pcgrad_coefficients(gram, jax.random.key(0))):
+    assert np.all(np.isfinite(coefficients)), coefficients
+  if k == len(NYU):  # the schemes as the step calls them: coefficients and logged weights
+    for method in ("nash_mtl", "fairgrad", "imtl"):
+      scheme = weighting_lib.build(method, NYU)
+      c, w, _ = scheme.coefficients(gram, jnp.ones(k), scheme.init()[1])
+      assert c[zero] == 0 and w[zero] == 0 and np.all(np.isfinite(c)), (method, c)
+
+
 @pytest.mark.parametrize("k,kind", CASES)
 def test_aligned_mtl_is_the_sum_of_the_aligned_gradients(k, kind):
   """From the SVD g = U S V': the aligned system is s_min U V' (orthogonal rows of equal norm)."""

@@ -49,9 +49,10 @@ class FixedCoefficients(base.GradientWeighting):
                          jax.tree_util.tree_map(jnp.zeros_like, params))
 
 
-def run_steps(weighting, devices, count=2, lr=0.1, clip_grad_norm=0.0):
-  """`count` SGD steps of the toy network on one batch of 4 over `devices` devices with
-  `weighting` (a scheme or its name); returns the final state (host) and the initial one."""
+def run_steps(weighting, devices, count=2, lr=0.1, clip_grad_norm=0.0, batch=None):
+  """`count` SGD steps of the toy network on one batch of 4 (`batch`, default synthetic scenes)
+  over `devices` devices with `weighting` (a scheme or its name); returns the final state (host)
+  and the initial one."""
   model, sgd = Toy(), optax.sgd(lr)
   if isinstance(weighting, str):
     weighting = weighting_lib.build(weighting, NYU)
@@ -62,7 +63,7 @@ def run_steps(weighting, devices, count=2, lr=0.1, clip_grad_norm=0.0):
                                      shared=SHARED, clip_grad_norm=clip_grad_norm),
                    axis_name=step_lib.AXIS, devices=devs)
   replicated = step_lib.replicate(state, devs, devs)
-  batch = shard(synthetic_batch(count=4, size=(16, 16)), devices)
+  batch = shard(synthetic_batch(count=4, size=(16, 16)) if batch is None else batch, devices)
   for _ in range(count):
     replicated, outputs = train(replicated, batch)
     assert not bool(outputs["skipped"][0])
@@ -127,6 +128,23 @@ def test_every_method_gives_the_same_update_on_one_and_two_devices(name):
   chex.assert_trees_all_close(two.params, one.params, rtol=1e-4, atol=1e-6)
   chex.assert_trees_all_close(two.weighting_state, one.weighting_state, rtol=1e-4, atol=1e-6)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(one.params))
+
+
+@pytest.mark.parametrize("name", ["nash_mtl", "fairgrad", "imtl"])
+def test_a_batch_without_valid_depth_trains_the_other_tasks(name):
+  """No valid depth pixel in the batch: depth's loss and gradient are zero, which the methods'
+  weight equations cannot solve for. The step is not skipped (run_steps asserts it), depth gets
+  weight 0 and its head does not move, the other tasks train."""
+  batch = synthetic_batch(count=4, size=(16, 16))
+  batch["depth"] = np.zeros_like(batch["depth"])  # 0: no depth measured
+  state, initial = run_steps(name, 1, batch=batch)
+  weights = np.asarray(state.weighting_state["weights"])
+  assert weights[1] == 0 and np.all(weights[[0, 2]] > 0), weights
+  chex.assert_trees_all_close(state.params["model"]["depth_head"],
+                              initial.params["model"]["depth_head"])
+  trunk, before = state.params["model"]["trunk"], initial.params["model"]["trunk"]
+  moved = np.abs(trunk["kernel"] - np.asarray(before["kernel"]))
+  assert np.all(np.isfinite(moved)) and moved.max() > 1e-4
 
 
 def test_a_gradient_method_needs_the_shared_parameters():

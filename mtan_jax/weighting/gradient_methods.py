@@ -95,7 +95,8 @@ class IMTL(base.GramWeighting):
 @dataclasses.dataclass(frozen=True)
 class NashMTL(base.GramWeighting):
   """Nash-MTL (Navon et al. 2022): the bargaining solution G alpha = 1 / alpha, alpha > 0,
-  warm-started from the previous step's alpha (its state). The weights multiply the task losses,
+  warm-started from the previous step's alpha (its state; a task whose gradient was zero then
+  starts afresh). The weights multiply the task losses,
   so task-specific parameters get alpha_k g_k as in the official code."""
 
   def init(self):
@@ -103,9 +104,7 @@ class NashMTL(base.GramWeighting):
     return params, {**state, "alpha": jnp.zeros(len(self.tasks), jnp.float32)}
 
   def coefficients(self, gram, losses, state):
-    previous = state["alpha"]
-    start = jnp.where(jnp.all(previous > 0), previous, solvers.orthogonal_start(gram))
-    alpha = solvers.bargaining_weights(gram, start=start)
+    alpha = solvers.bargaining_weights(gram, start=state["alpha"])
     return alpha, alpha, {**state, "alpha": alpha}
 
 

@@ -12,6 +12,28 @@ import jax
 import jax.numpy as jnp
 
 EPS = 1e-8
+ZERO_GRADIENT = 1e-12  # a task gradient whose squared norm is below this times the largest is zero
+
+
+def active_tasks(gram: jax.Array) -> jax.Array:
+  """`[K]` bool: the tasks whose gradient is not zero (squared norm above `ZERO_GRADIENT` times the
+  largest). A task without valid pixels in a batch has a zero loss and gradient there."""
+  d = jnp.diag(gram).astype(jnp.float32)
+  return d > jnp.maximum(ZERO_GRADIENT * jnp.max(d), 0.0)
+
+
+def decoupled(gram: jax.Array, active: jax.Array) -> jax.Array:
+  """`gram` with each inactive task's gradient replaced by one orthogonal to every other
+  (of the largest gradient's norm, for conditioning).
+
+  The weight equations of Nash-MTL, FairGrad and IMTL-G have no finite solution for a zero
+  gradient (G alpha = 1 / alpha asks (G alpha)_k = 0 = 1 / alpha_k); an orthogonal stand-in
+  decouples that task, so the active tasks' weights are exactly the solution of the problem without it.
+  """
+  gram = gram.astype(jnp.float32)
+  largest = jnp.max(jnp.diag(gram))
+  stand_in = jnp.eye(gram.shape[0], dtype=jnp.float32) * jnp.where(largest > 0, largest, 1.0)
+  return jnp.where(active[:, None] & active[None, :], gram, stand_in)
 
 
 def project_to_simplex(y: jax.Array) -> jax.Array:
@@ -76,17 +98,22 @@ def bargaining_weights(gram: jax.Array, exponent: float = 1.0, start: jax.Array 
   """alpha > 0 with (G alpha)_k = alpha_k^(-exponent) for every task k, `[K]`.
 
   exponent 1: Nash-MTL's bargaining solution (G alpha = 1 / alpha); exponent 1 / a: FairGrad's
-  alpha-fair solution. The root is the minimiser of the strictly convex
+  alpha-fair solution. A task with a zero gradient gets alpha_k = 0 (it has no finite solution and
+  contributes nothing); the others solve the problem without it (`decoupled`). The root is the
+  minimiser of the strictly convex
       f(alpha) = alpha' G alpha / 2 - sum_k h(alpha_k),   h'(alpha) = alpha^(-exponent),
   found by `iterations` damped Newton steps (Hessian G + exponent diag(alpha^(-exponent - 1))):
   the step is scaled by 1 / (1 + Newton decrement), which keeps alpha positive and converges for
   the self-concordant Nash case, and never crosses more than half the distance to alpha = 0. From
-  `start` (the previous step's solution), or from 1 / sqrt(diag G) scaled to the orthogonal
+  `start` (the previous step's solution) where it is positive, elsewhere from the orthogonal
   case's solution.
   """
-  gram = gram.astype(jnp.float32)
   k = gram.shape[0]
-  alpha = orthogonal_start(gram, exponent) if start is None else jnp.maximum(start, EPS)
+  active = active_tasks(gram)
+  gram = decoupled(gram, active)
+  alpha = orthogonal_start(gram, exponent)
+  if start is not None:
+    alpha = jnp.where(start > 0, start, alpha)
 
   def body(_, alpha):
     gradient = gram @ alpha - alpha ** (-exponent)
@@ -98,7 +125,7 @@ def bargaining_weights(gram: jax.Array, exponent: float = 1.0, start: jax.Array 
     t = jnp.minimum(1.0 / (1.0 + decrement), boundary)
     return alpha - t * step
 
-  return jax.lax.fori_loop(0, iterations, body, alpha)
+  return jnp.where(active, jax.lax.fori_loop(0, iterations, body, alpha), 0.0)
 
 
 def cagrad_weights(gram: jax.Array, c: float = 0.4, iterations: int = 200) -> jax.Array:
@@ -128,15 +155,19 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, iterations: int = 200) -> ja
 def imtl_weights(gram: jax.Array) -> jax.Array:
   """IMTL-G (Liu et al. 2021): the weights alpha (sum 1) whose combination g = sum alpha_k g_k has
   equal projections onto every task's unit gradient u_k. Closed form from the Gram matrix:
-  D = g_1 - g_k and U = u_1 - u_k (k >= 2); alpha_{2..K} = g_1 U' (D U')^-1, alpha_1 = 1 - sum."""
-  gram = gram.astype(jnp.float32)
+  D = g_1 - g_k and U = u_1 - u_k (k >= 2); alpha_{2..K} = g_1 U' (D U')^-1, alpha_1 = 1 - sum.
+  A task with a zero gradient (no direction to project on) gets 0; the others solve the problem
+  without it (`decoupled`, then the active weights rescaled to sum 1)."""
+  active = active_tasks(gram)
+  gram = decoupled(gram, active)
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), EPS))
   gu = gram / norms[None, :]  # gu[i, k] = g_i . u_k
   g1_u = gu[0, 0] - gu[0, 1:]  # g_1 . U_k
   # (D U')[i, k] = (g_1 - g_i) . (u_1 - u_k), i, k >= 2
   d_u = (gu[0, 0] - gu[0, 1:][None, :] - gu[1:, 0][:, None] + gu[1:, 1:])
   rest = jnp.linalg.solve(d_u.T, g1_u)  # alpha_rest (D U') = g1_u  <=>  (D U')' alpha' = g1_u'
-  return jnp.concatenate([1.0 - jnp.sum(rest, keepdims=True), rest])
+  alpha = jnp.where(active, jnp.concatenate([1.0 - jnp.sum(rest, keepdims=True), rest]), 0.0)
+  return alpha / jnp.where(jnp.any(active), jnp.sum(alpha), 1.0)
 
 
 def aligned_weights(gram: jax.Array) -> jax.Array:
