@@ -9,6 +9,8 @@
   python benchmarks/train_step.py --table=OUT/train_step.jsonl      # the table of earlier runs
   python benchmarks/train_step.py --weighting=equal,mgda,nash_mtl --batch_sizes=2 --dtypes=float32
                                                                     # methods against equal
+  python benchmarks/train_step.py --weighting=equal,mgda,mgda@representation --batch_sizes=2
+                                  # a gradient method with --task_gradients=representation
 
 What is timed is exactly what training runs each step (`train_step.train_step` under `jax.pmap`
 on one device, state donated): forward, the task losses, the weighting, backward, the Adam update,
@@ -97,7 +99,8 @@ def setup(model_name: str, dataset: str, mode: str, dtype: str, batch: int,
   tasks = tasks[:1] if get_spec(model_name).single_task else tasks
   model = build_model(model_name, tasks, width_mult=width_mult, dtype=dtype,
                       bn_axis_name=step_lib.AXIS)
-  weighting = weighting_lib.build(weighting_name, tasks)
+  name, _, where = weighting_name.partition("@")  # NAME@representation: --task_gradients
+  weighting = weighting_lib.build(name, tasks, **({"task_gradients": where} if where else {}))
   optimizer = step_lib.make_optimizer(1e-4, 0)
   device = jax.local_devices()[:1]
   state_cache = {} if state_cache is None else state_cache
@@ -216,7 +219,9 @@ def main(argv=None) -> list[dict]:
                       help="HEIGHTxWIDTH (default 288x384 NYUv2, 128x256 CityScapes)")
   parser.add_argument("--width_mult", type=float, default=1.0)
   parser.add_argument("--weighting", default="equal",
-                      help=f"one or more (comma-separated) of {', '.join(weighting_lib.NAMES)}")
+                      help=f"one or more (comma-separated) of {', '.join(weighting_lib.NAMES)}; "
+                      "a gradient method as NAME@representation takes the task gradients of the "
+                      "shared representation (training's --task_gradients=representation)")
   parser.add_argument("--remat", default="false", choices=("true", "false", "both"),
                       help="recompute all but conv outputs in the backward pass (training's "
                       "--remat); both: measure each")
@@ -236,9 +241,11 @@ def main(argv=None) -> list[dict]:
   rows, cache = [], {}
   remats = {"true": (True,), "false": (False,), "both": (False, True)}[args.remat]
   weightings = args.weighting.split(",")
-  unknown = [w for w in weightings if w not in weighting_lib.NAMES]
+  unknown = [w for w in weightings if w.partition("@")[0] not in weighting_lib.NAMES
+             or w.partition("@")[2] not in ("", "representation", "parameters")]
   if unknown:
-    parser.error(f"--weighting: expected names from {weighting_lib.NAMES}, found {unknown}")
+    parser.error(f"--weighting: expected names from {weighting_lib.NAMES}, each optionally "
+                 f"followed by @representation, found {unknown}")
   for mode in modes:
     for dtype in args.dtypes.split(","):
       for batch in sorted(int(b) for b in args.batch_sizes.split(",")):

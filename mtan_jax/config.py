@@ -124,6 +124,12 @@ class TrainConfig:
     from mtan_jax import weighting  # pylint: disable=import-outside-toplevel
     if self.weighting in weighting.NAMES:
       problems += weighting.option_problems(self.weighting, self.weighting_options)
+    if self.weighting_options.get("task_gradients") == "representation":
+      from mtan_jax.models import registry  # pylint: disable=import-outside-toplevel
+      if self.model in registry.MODELS and not registry.get_spec(self.model).representation:
+        able = ", ".join(n for n, spec in registry.MODELS.items() if spec.representation)
+        problems.append(f"--task_gradients=representation: the {self.model} model has no shared "
+                        f"representation that every task reads (models that have: {able})")
     if problems:
       raise ConfigError("; ".join(problems))
     return self

@@ -27,7 +27,7 @@ import optax
 from mtan_jax import losses as losses_lib
 from mtan_jax import metrics as metrics_lib
 from mtan_jax.weighting import Weighting
-from mtan_jax.weighting.base import combine_gradients
+from mtan_jax.weighting.base import combine_gradients, gram_matrix
 
 AXIS = "batch"
 
@@ -165,6 +165,56 @@ def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weig
   return grads, total, task_losses, outputs, batch_stats, combined.state
 
 
+def _representation_taps(model: nn.Module, variables: dict, image: jax.Array) -> Any:
+  """Zeros shaped like the model's shared representation (`layers.SHARED_REPRESENTATION`, as the
+  model marks it with `perturb`) for this device's `image` `[B, H, W, 3]`; shapes only, no compute."""
+  _, created = jax.eval_shape(lambda: model.apply(
+      variables, image, train=True, mutable=["batch_stats", "perturbations"]))
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), created["perturbations"])
+
+
+def _gradients_by_representation(forward, model, state: TrainState, batch, tasks,
+                                 weighting: Weighting, shared: frozenset[str], devices: int,
+                                 axis_name: str):
+  """`_gradients_by_task` with the coefficients solved from the task gradients of the shared
+  representation (MGDA-UB's bound), which the K pullbacks reach through the task-specific parts
+  only; the shared parameters get sum_k c_k g_k from one more pullback, at the cotangent c.
+  The representation is the device's share of the global batch's, so the Gram matrix is the sum
+  over devices of each device's Gram matrix."""
+  taps = _representation_taps(model, {"params": state.params["model"],
+                                      "batch_stats": state.batch_stats}, batch["image"])
+
+  def loss_vector(model_params, taps):
+    outputs, updated = forward(model_params, batch["image"], taps)
+    with jax.named_scope("losses"):
+      task_losses = _task_losses(tasks, outputs, batch, axis_name)
+    vector = weighting.stacked(task_losses)
+    return vector / devices, (vector, task_losses, outputs, updated["batch_stats"])
+
+  scaled, pullback, (losses, task_losses, outputs, batch_stats) = jax.vjp(
+      loss_vector, state.params["model"], taps, has_aux=True)
+  with jax.named_scope("task_gradients"):
+    # Only the task-specific parameters' and the representation's cotangents are used: XLA drops
+    # the rest of each pullback, the backward pass through the shared network.
+    cotangents = jnp.eye(len(tasks), dtype=scaled.dtype)
+    per_task = [pullback(cotangents[k]) for k in range(len(tasks))]
+    specific = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *[
+        {name: v for name, v in params.items() if name not in shared} for params, _ in per_task])
+    specific = jax.lax.psum(specific, axis_name)
+    representation = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *[t for _, t in per_task])
+    gram = jax.lax.psum(gram_matrix(representation), axis_name)
+  with jax.named_scope("weighting"):
+    c, task_weights, weighting_state = weighting.solve(gram, losses, state.weighting_state)
+  with jax.named_scope("shared_gradient"):
+    combined = pullback(c.astype(scaled.dtype))[0]
+    combined = jax.lax.psum({k: v for k, v in combined.items() if k in shared}, axis_name)
+  specific = combine_gradients(specific, task_weights)
+  grads = {"model": {**combined, **specific},
+           "weighting": jax.tree_util.tree_map(jnp.zeros_like, state.params["weighting"])}
+  total = jnp.sum(task_weights * losses)
+  return grads, total, task_losses, outputs, batch_stats, weighting_state
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                weighting: Weighting, optimizer: optax.GradientTransformation, tasks,
                sync_batch_stats: bool, remat: bool = False, shared: frozenset[str] = frozenset(),
@@ -190,9 +240,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
                      f"parameters: expected their names (shared=), found none")
   devices = jax.lax.axis_size(axis_name)
 
-  def forward(model_params, image):
-    return model.apply({"params": model_params, "batch_stats": state.batch_stats}, image,
-                       train=True, mutable=["batch_stats"])
+  def forward(model_params, image, taps=None):
+    variables = {"params": model_params, "batch_stats": state.batch_stats}
+    if taps is not None:  # perturbations at the shared representation (their gradient is its own)
+      variables["perturbations"] = taps
+    return model.apply(variables, image, train=True, mutable=["batch_stats"])
 
   if remat:
     forward = jax.checkpoint(forward, policy=REMAT_POLICY)
@@ -204,7 +256,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       total = weighting.total(task_losses, params["weighting"], state.weighting_state)
     return total / devices, (total, task_losses, outputs, updated["batch_stats"])
 
-  if weighting.level == "gradient":
+  if getattr(weighting, "task_gradients", "parameters") == "representation":
+    grads, total, task_losses, outputs, batch_stats, weighting_state = (
+        _gradients_by_representation(forward, model, state, batch, tasks, weighting, shared,
+                                     devices, axis_name))
+  elif weighting.level == "gradient":
     grads, total, task_losses, outputs, batch_stats, weighting_state = _gradients_by_task(
         forward, state, batch, tasks, weighting, shared, devices, axis_name)
   else:

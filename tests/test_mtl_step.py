@@ -3,6 +3,7 @@ convolution with BatchNorm, a head per task) that compiles in about a second: th
 one forward and K batched backward passes equal K separate backward passes; every method's update is
 the same on one device and on two; each model's declaration of its task-specific parameters holds."""
 
+import dataclasses
 import functools
 
 import chex
@@ -16,7 +17,7 @@ import pytest
 from mtan_jax import losses as losses_lib
 from mtan_jax import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
-from mtan_jax.models import build_model, shared_parameter_names
+from mtan_jax.models import build_model, layers, shared_parameter_names
 from mtan_jax.weighting import base
 from tests.test_train import NYU, shard, synthetic_batch
 
@@ -33,6 +34,8 @@ class Toy(nn.Module):
     h = nn.Conv(8, (3, 3), name="trunk")(x)
     h = nn.relu(nn.BatchNorm(use_running_average=not train, axis_name=step_lib.AXIS,
                              name="trunk_bn")(h))
+    self.sow("intermediates", "representation", h)
+    h = layers.shared_representation(self, h)  # what the heads read of the trunk
     out = {"segmentation": nn.Conv(13, (1, 1), name="segmentation_head")(h),
            "depth": nn.Conv(1, (1, 1), name="depth_head")(h)}
     normal = nn.Conv(3, (1, 1), name="normal_head")(h)
@@ -47,6 +50,14 @@ class FixedCoefficients(base.GradientWeighting):
     c, w = jnp.array([0.3, 1.7, -0.5]), jnp.array([2.0, 3.0, 4.0])
     return base.Combined(base.combine_gradients(grads, c), w, {**state, "weights": w},
                          jax.tree_util.tree_map(jnp.zeros_like, params))
+
+
+@dataclasses.dataclass(frozen=True)
+class GramProbe(base.GramWeighting):
+  """Test scheme: coefficients diag(G) / trace(G) of the Gram matrix it is given; weights (2, 3, 4)."""
+
+  def coefficients(self, gram, losses, state):
+    return jnp.diag(gram) / jnp.trace(gram), jnp.array([2.0, 3.0, 4.0]), state
 
 
 def run_steps(weighting, devices, count=2, lr=0.1, clip_grad_norm=0.0, batch=None):
@@ -113,6 +124,64 @@ def test_one_pass_task_gradients_equal_separate_backward_passes():
                             for x in jax.tree_util.tree_leaves(update[k])))
   np.testing.assert_allclose(shared_norm, 0.1 * 1e-3, rtol=1e-3)
   chex.assert_trees_all_close(update["depth_head"], expected["depth_head"], rtol=1e-4, atol=1e-7)
+
+
+def test_representation_gradients_give_the_coefficients_and_one_combined_backward_pass():
+  """--task_gradients=representation against an independent computation: the heads written here in
+  jnp on the trunk's output h (sown by the toy, not through its perturbation point) give each
+  task's gradient of h, their Gram matrix (numpy) the probe's coefficients c; the shared parameters
+  move by -lr sum_k c_k g_k (K separate jax.grad calls), each head by -lr w_k g_k; 1 and 2 devices."""
+  batch = synthetic_batch(count=4, size=(16, 16))
+  model = Toy()
+  probe = GramProbe(NYU, task_gradients="representation")
+  _, initial = run_steps(probe, 1, count=0)
+  params = initial.params["model"]
+
+  def apply(params):
+    return jax.vmap(lambda images: model.apply(
+        {"params": params, "batch_stats": initial.batch_stats}, images, train=True,
+        mutable=["batch_stats", "intermediates"]), axis_name=step_lib.AXIS)(batch["image"][None])
+
+  def task_loss(params, task):
+    outputs, _ = apply(params)
+    loss_sum, count = losses_lib.task_loss_sums(task, outputs[task.name][0], batch[task.name])
+    return loss_sum / count
+
+  def head_loss(h, task):
+    head = params[f"{task.name}_head"]
+    out = h @ head["kernel"][0, 0] + head["bias"]
+    if task.name == "normal":
+      out = out / jnp.sqrt(jnp.sum(out ** 2, axis=-1, keepdims=True) + 1e-6)
+    loss_sum, count = losses_lib.task_loss_sums(task, out, batch[task.name])
+    return loss_sum / count
+
+  h = apply(params)[1]["intermediates"]["representation"][0][0]
+  chex.assert_shape(h, (4, 16, 16, 8))
+  by_task = np.stack([np.asarray(jax.grad(head_loss)(h, t)).ravel() for t in NYU])
+  gram = by_task @ by_task.T
+  c, w = np.diag(gram) / np.trace(gram), [2.0, 3.0, 4.0]
+  grads = [jax.grad(task_loss)(params, task) for task in NYU]
+  expected = {name: jax.tree_util.tree_map(
+      lambda *g: -0.1 * sum(ci * gi for ci, gi in zip(c, g)), *[g[name] for g in grads])
+      for name in SHARED}
+  for k, task in enumerate(NYU):
+    expected[f"{task.name}_head"] = jax.tree_util.tree_map(lambda g: -0.1 * w[k] * g,
+                                                           grads[k][f"{task.name}_head"])
+  for devices in (1, 2):
+    new, _ = run_steps(probe, devices, count=1)
+    update = jax.tree_util.tree_map(lambda a, b: a - np.asarray(b), new.params["model"], params)
+    chex.assert_trees_all_close(update, expected, rtol=2e-4, atol=5e-7)
+    np.testing.assert_allclose(new.weighting_state["weights"], w)
+
+
+@pytest.mark.parametrize("name", ["mgda", "nash_mtl", "imtl"])
+def test_representation_gradients_give_the_same_update_on_one_and_two_devices(name):
+  one, initial = run_steps(weighting_lib.build(name, NYU, task_gradients="representation"), 1)
+  two, _ = run_steps(weighting_lib.build(name, NYU, task_gradients="representation"), 2)
+  chex.assert_trees_all_close(two.params, one.params, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(two.weighting_state, one.weighting_state, rtol=1e-4, atol=1e-6)
+  parameters, _ = run_steps(name, 1)
+  assert not np.allclose(parameters.weighting_state["weights"], one.weighting_state["weights"])
 
 
 @pytest.mark.parametrize("name", METHODS)

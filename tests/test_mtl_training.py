@@ -51,10 +51,22 @@ def test_a_methods_flags_reach_its_config_and_others_are_refused(tmp_path, capsy
   assert config.weighting == "famo"
   assert config.weighting_options == {"famo_gamma": 0.01, "famo_lr": 0.025}
   config, _ = cli.parse(["--weighting=cagrad", "--workdir=w"], "nyuv2")
-  assert config.weighting_options == {"cagrad_c": 0.4}  # the published default
-  with pytest.raises(SystemExit) as error:
-    cli.main(["--weighting=mgda", "--cagrad_c=0.2", f"--workdir={tmp_path / 'run'}"], "nyuv2")
-  assert error.value.code == 1
-  assert capsys.readouterr().err.strip() == (
-      "error: --cagrad_c: not an option of the mgda weighting (its options: mgda_normalisation)")
-  assert not (tmp_path / "run").exists()  # refused before anything is written
+  assert config.weighting_options == {"cagrad_c": 0.4, "task_gradients": "parameters"}
+  config, _ = cli.parse(["--weighting=nash_mtl", "--task_gradients=representation", "--workdir=w"],
+                        "nyuv2")
+  assert config.validate().weighting_options == {"task_gradients": "representation"}
+  refused = {
+      ("--weighting=mgda", "--cagrad_c=0.2"): "error: --cagrad_c: not an option of the mgda "
+      "weighting (its options: mgda_normalisation, task_gradients)",
+      ("--weighting=famo", "--task_gradients=representation"): "error: --task_gradients: not an "
+      "option of the famo weighting (its options: famo_gamma, famo_lr)",
+      ("--weighting=mgda", "--task_gradients=representation", "--model=cross_stitch"):
+      "error: --task_gradients=representation: the cross_stitch model has no shared "
+      "representation that every task reads (models that have: split_standard, split_wide, "
+      "split_deep, dense, mtan)"}
+  for flags, message in refused.items():
+    with pytest.raises(SystemExit) as error:
+      cli.main([*flags, f"--workdir={tmp_path / 'run'}"], "nyuv2")
+    assert error.value.code == 1
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "run").exists()  # refused before anything is written

@@ -40,7 +40,8 @@ class SplitSegNet(nn.Module):
     layers.check_image(x, "SplitSegNet")
     features = segnet.SegNet(self.filters, self.convs_per_layer, self.dtype,
                              bn_axis_name=self.bn_axis_name, name="backbone")(x, train)
-    last = features.decoder_out[-1]
+    # The heads' input, as a perturbation point (`--task_gradients=representation`).
+    last = layers.shared_representation(self, features.decoder_out[-1])
     return {task.name: layers.task_output(
         task, layers.PredictionHead(task.channels, self.dtype, name=f"{task.name}_head")(last))
             for task in self.tasks}
@@ -87,6 +88,10 @@ class DenseSegNet(nn.Module):
       shared_unpooled.append(h)
       _, h = stage(widths, f"shared_decoder_{s}")(h, train)  # the last output is never read
 
+    # What the task networks read of the shared one, as a perturbation point
+    # (`--task_gradients=representation`); the last pooled feature feeds only the shared decoder.
+    shared_pooled, shared_unpooled = layers.shared_representation(
+        self, (shared_pooled[:4], shared_unpooled))
     outputs = {}
     for task in self.tasks:
       h, argmaxes = x, []

@@ -8,6 +8,9 @@
 - `AttentionMask`: MTAN's g and h: 1x1 conv + BN + ReLU, then 1x1 conv + BN + sigmoid.
 - `PredictionHead`: 3x3 conv + 1x1 conv, nothing between them (as the reference).
 - `task_output`: the task activations: log-softmax, identity, L2 normalisation.
+- `shared_representation`: the perturbation point (`nn.Module.perturb`) where a multi-task model's
+  task-specific parts read its shared network; a no-op unless the caller passes perturbations,
+  whose gradients are then the task gradients of that representation.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ Initializer = Callable[..., jax.Array]
 # normal. `jax.nn.initializers.glorot_normal` is truncated, so it is not used.
 xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+SHARED_REPRESENTATION = "shared_representation"
+
+
+def shared_representation(module: nn.Module, value: Any) -> Any:
+  """`value` (a pytree of what `module`'s task-specific parts read of its shared network) through
+  the perturbation point `SHARED_REPRESENTATION`: unchanged unless the caller passes (or lets the
+  call create) a "perturbations" collection, whose gradient is then the gradient of `value`. Not
+  created by `init`, so that `model.apply(model.init(...), x)` works at any batch size."""
+  if module.is_initializing():
+    return value
+  return module.perturb(SHARED_REPRESENTATION, value)
 
 
 class BatchNorm(nn.Module):

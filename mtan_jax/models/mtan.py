@@ -56,11 +56,17 @@ class MTAN(nn.Module):
     decoder_f = [layers.ConvBlock(width, name=f"decoder_att_block_{j}", **kw)
                  for j, width in enumerate(decoder_f_widths)]
 
+    # What the task branches read of the shared network, each stage's (u, p), as one perturbation
+    # point: its gradient is the task gradients of the shared representation (`--task_gradients`).
+    encoder_reads, decoder_reads = layers.shared_representation(self, (
+        [(shared.encoder_first[j], shared.encoder_out[j]) for j in range(5)],
+        [(shared.decoder_in[j], shared.decoder_out[j]) for j in range(5)]))
+
     outputs = {}
     for task in self.tasks:
       t = None
       for j in range(5):
-        u, p = shared.encoder_first[j], shared.encoder_out[j]
+        u, p = encoder_reads[j]
         mask_in = u if j == 0 else jnp.concatenate([u, t], axis=-1)
         mask = layers.AttentionMask(p.shape[-1], name=f"{task.name}_encoder_mask_{j}",
                                     **kw)(mask_in, train)
@@ -68,7 +74,7 @@ class MTAN(nn.Module):
       s = t
       for j in range(5):
         s = decoder_f[j](pooling.upsample_bilinear_x2(s), train)
-        u, p = shared.decoder_in[j], shared.decoder_out[j]
+        u, p = decoder_reads[j]
         mask = layers.AttentionMask(p.shape[-1], name=f"{task.name}_decoder_mask_{j}",
                                     **kw)(jnp.concatenate([u, s], axis=-1), train)
         s = mask * p

@@ -37,6 +37,9 @@ class ModelSpec:
     task_specific: (top-level parameter name, task names) -> whether only one task's loss depends
       on it (its task-specific parameters); the others are shared, and the gradient-level weightings
       combine the task gradients over them.
+    representation: True when the model marks what its task-specific parts read of the shared
+      network (`layers.SHARED_REPRESENTATION`), every task reading all of it, so that the task
+      gradients can be taken there (`--task_gradients=representation`).
   """
 
   name: str
@@ -46,6 +49,7 @@ class ModelSpec:
   holds_log_variances: bool
   build: Callable[..., nn.Module]
   task_specific: Callable[[str, tuple[str, ...]], bool] = _is_head
+  representation: bool = False
 
 
 def _is_after_last_stitch(name: str, tasks: tuple[str, ...]) -> bool:
@@ -75,16 +79,17 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("stan", "STAN", segnet.VGG16_FILTERS, True, False,
               lambda t, f, d, a: mtan.MTAN(t, f, d, a)),
     ModelSpec("split_standard", "Split, Standard", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a), representation=True),
     ModelSpec("split_wide", "Split, Wide", WIDE_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a), representation=True),
     ModelSpec("split_deep", "Split, Deep", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 2, d, a)),
-    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense, _is_task_branch),
+              lambda t, f, d, a: baselines.SplitSegNet(t, f, 2, d, a), representation=True),
+    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense, _is_task_branch,
+              representation=True),
     ModelSpec("cross_stitch", "Cross-Stitch", segnet.VGG16_FILTERS, False, True,
               lambda t, f, d, a: baselines.CrossStitchSegNet(t, f, d, a), _is_after_last_stitch),
     ModelSpec("mtan", "MTAN", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: mtan.MTAN(t, f, d, a), _is_task_branch),
+              lambda t, f, d, a: mtan.MTAN(t, f, d, a), _is_task_branch, representation=True),
 )}
 MODEL_NAMES = tuple(MODELS)
 

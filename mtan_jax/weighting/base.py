@@ -162,17 +162,35 @@ class GradientWeighting(Weighting):
     raise NotImplementedError
 
 
+TASK_GRADIENTS = ("parameters", "representation")
+
+
 @dataclasses.dataclass(frozen=True)
 class GramWeighting(GradientWeighting):
   """A gradient-level scheme whose update is a combination sum_k c_k g_k computed from the Gram
-  matrix (and the losses): `coefficients(gram, losses, state) -> (c, task_weights, state)`."""
+  matrix (and the losses): `coefficients(gram, losses, state) -> (c, task_weights, state)`.
+
+  `task_gradients="representation"` solves the coefficients from the Gram matrix of the task
+  gradients of the shared representation (what the task-specific parts read of the shared network)
+  instead of the shared parameters, as MGDA-UB does: the shared parameters then get the gradient of
+  sum_k c_k L_k, one backward pass through the shared network instead of K (the train step does it;
+  `combine` is the parameter form)."""
+
+  task_gradients: str = schema.option(
+      "parameters", "where a gradient method takes the task gradients: the shared parameters, or "
+      "the shared representation (MGDA-UB's bound: K backward passes through the task-specific "
+      "parts only, one through the shared network)", defines_run=True, choices=TASK_GRADIENTS)
 
   def coefficients(self, gram: jax.Array, losses: jax.Array, state):
     raise NotImplementedError
 
+  def solve(self, gram: jax.Array, losses: jax.Array, state) -> tuple[jax.Array, jax.Array, Any]:
+    """(coefficients `[K]`, task weights `[K]`, new state, its weights set) from a Gram matrix."""
+    c, task_weights, state = self.coefficients(gram, losses, state)
+    return c, task_weights, {**state, "weights": task_weights.astype(jnp.float32)}
+
   def combine(self, grads, losses, params, state):
-    c, task_weights, state = self.coefficients(gram_matrix(grads), losses, state)
-    state = {**state, "weights": task_weights.astype(jnp.float32)}
+    c, task_weights, state = self.solve(gram_matrix(grads), losses, state)
     return Combined(combine_gradients(grads, c), task_weights, state,
                     jax.tree_util.tree_map(jnp.zeros_like, params))
 

@@ -14,6 +14,9 @@ defines them (the weights it puts on the task losses), else 1.
 | aligned_mtl | column sums of sqrt(l_min) V L^-1/2 V'      | c              | -                |
 | db_mtl      | buffered log-loss gradients, equal norms    | 1 / L          | buffer [K, ...]  |
 | gradnorm    | w = K softmax(s), s learned (balance loss)  | w              | L(0), s (params) |
+
+The Gram-matrix methods (all but db_mtl and gradnorm) take `task_gradients="representation"` to
+solve from the task gradients of the shared representation instead (`base.GramWeighting`).
 """
 
 import dataclasses
