@@ -2,6 +2,7 @@
 
   python -m mtan_jax.params --dataset=nyuv2          # a table
   python -m mtan_jax.params --dataset=cityscapes --json
+  python -m mtan_jax.params --dataset=decathlon      # the Decathlon WRN-28-4 MTAN, by part
 
 Counts come from `jax.eval_shape` (no compute) and follow the reference's convention: every
 trainable parameter, the uncertainty log-variances included where the reference model holds them,
@@ -51,14 +52,35 @@ def format_table(rows: dict[str, int], reference: int, dataset: str) -> str:
   return "\n".join(lines)
 
 
+def decathlon_table() -> dict[str, int]:
+  """{part: parameter count} of the Visual Decathlon's WRN-28-4 MTAN (shapes only, no compute)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from mtan_jax import decathlon  # pylint: disable=import-outside-toplevel
+  from mtan_jax.models import wrn  # pylint: disable=import-outside-toplevel
+  model = wrn.WideResNetMTAN(decathlon.CLASSES)
+  image = jax.ShapeDtypeStruct((1, decathlon.IMAGE_SIZE, decathlon.IMAGE_SIZE, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)
+  return wrn.parameter_groups(variables["params"])
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--dataset", choices=tasks_lib.DATASETS, default=tasks_lib.NYUV2)
+  parser.add_argument("--dataset", choices=(*tasks_lib.DATASETS, "decathlon"),
+                      default=tasks_lib.NYUV2)
   parser.add_argument("--num_classes", type=int, default=None,
                       help="segmentation classes (default: 13 for NYUv2, 7 for CityScapes)")
   parser.add_argument("--width_mult", type=float, default=1.0, help="stage-width multiplier")
   parser.add_argument("--json", action="store_true", help='print {"model name": count, ...}')
   args = parser.parse_args(argv)
+  if args.dataset == "decathlon":
+    rows = decathlon_table()
+    width = max(len(name) for name in rows)
+    print(json.dumps(rows, indent=1) if args.json else "\n".join(
+        ["Parameters of the Visual Decathlon WRN-28-4 MTAN (ten tasks)"]
+        + [f"{name:<{width}}  {count:>11,}" for name, count in rows.items()]))
+    return 0
   rows = parameter_table(args.dataset, args.num_classes, args.width_mult)
   if args.json:
     print(json.dumps(rows, indent=1))

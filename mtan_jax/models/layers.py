@@ -31,6 +31,28 @@ Initializer = Callable[..., jax.Array]
 xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
+# PyTorch's default initialisation of Conv2d and Linear (kaiming_uniform with a = sqrt(5)): kernel
+# and bias uniform in +-1 / sqrt(fan_in), fan_in = input channels * kernel area. The Decathlon WRN
+# uses it (its conv_init is never applied); the SegNet models use Xavier kernels and zero biases.
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+BiasInit = Callable[[int], Initializer]  # fan_in -> the bias initialiser
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+  """PyTorch's default bias initialiser for `fan_in` inputs: U(-b, b), b = fan_in^-1/2."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def zero_bias(fan_in: int) -> Initializer:
+  """Zero biases (the SegNet reference's initialisation), whatever the fan-in."""
+  del fan_in
+  return nn.initializers.zeros
+
+
 SHARED_REPRESENTATION = "shared_representation"
 
 
@@ -106,12 +128,13 @@ class PointwiseConv(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   kernel_init: Initializer = xavier_normal
+  bias_init: BiasInit = zero_bias
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
                         jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    bias = self.param("bias", self.bias_init(x.shape[-1]), (self.features,), jnp.float32)
     y = jnp.einsum("bhwc,cd->bhwd", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
     return y + bias.astype(self.dtype)
 
@@ -123,11 +146,13 @@ class ConvBlock(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Initializer = xavier_normal
   bn_axis_name: str | None = None
+  bias_init: BiasInit = zero_bias
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv")(x)
+                param_dtype=jnp.float32, kernel_init=self.kernel_init,
+                bias_init=self.bias_init(9 * x.shape[-1]), name="conv")(x)
     x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name="bn")(x, train)
     return nn.relu(x)
 
@@ -174,11 +199,13 @@ class AttentionMask(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Initializer = xavier_normal
   bn_axis_name: str | None = None
+  bias_init: BiasInit = zero_bias
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for name, activation in (("g", nn.relu), ("h", nn.sigmoid)):
-      x = PointwiseConv(self.features, self.dtype, self.kernel_init, name=f"conv_{name}")(x)
+      x = PointwiseConv(self.features, self.dtype, self.kernel_init, self.bias_init,
+                        name=f"conv_{name}")(x)
       x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name=f"bn_{name}")(x, train)
       x = activation(x)
     # Kept only when the caller asks for it (apply(..., mutable=["intermediates"])), for plots.

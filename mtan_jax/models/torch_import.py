@@ -17,7 +17,8 @@ variables. What differs between the two layouts:
 
 Reference files: `model_segnet_{single,stan,split,dense,cross,mtan}.py` (split: `--type
 standard|wide|deep`). The CityScapes variants are the same classes with `class_nb = 7` and the third
-task removed.
+task removed. `load_torch_wrn_state_dict` imports the Visual Decathlon's WRN MTAN
+(`visual_decathlon/model_wrn_mtan.py`): task k's masks `encoder_att[k]`, head `linear[k]`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import registry
 from mtan_jax.models import segnet
 
-# One entry: (flax module path, torch module prefix, "conv" | "bn").
+# One entry: (flax module path, torch module prefix, "conv" | "linear" | "bn").
 Entry = tuple[tuple[str, ...], str, str]
 
-_TORCH_FIELDS = {"conv": ("weight", "bias"), "bn": ("weight", "bias", "running_mean", "running_var")}
+_TORCH_FIELDS = {"conv": ("weight", "bias"), "linear": ("weight", "bias"),
+                 "bn": ("weight", "bias", "running_mean", "running_var")}
 
 
 def _conv_bn_sequence(flax_stage: tuple[str, ...], first_block: int, torch_seq: str,
@@ -133,6 +135,8 @@ def _torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   if kind == "conv_kernel":
     h, w, i, o = flax_shape
     return (o, i, h, w)
+  if kind == "linear_kernel":
+    return tuple(flax_shape)[::-1]
   return tuple(flax_shape)
 
 
@@ -165,36 +169,96 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
   model = registry.build_model(model_name, tasks, width_mult=width_mult, filters=filters)
   spec = registry.get_spec(model_name)
   abstract = registry.abstract_variables(model)
+  target = _targets(abstract, reference_entries(model_name, tasks, model.filters))
   flat_params = flax.traverse_util.flatten_dict(abstract["params"])
-  flat_stats = flax.traverse_util.flatten_dict(abstract["batch_stats"])
-
-  # target: torch key -> (collection, flax leaf path, kind of conversion, expected flax shape)
-  entries = reference_entries(model_name, tasks, model.filters)
-  target: dict[str, tuple[str, tuple[str, ...], str, tuple[int, ...]]] = {}
-  for flax_path, prefix, kind in entries:
-    if kind == "conv":
-      leaves = (("params", "kernel", "conv_kernel"), ("params", "bias", "copy"))
-    else:
-      leaves = (("params", "scale", "copy"), ("params", "bias", "copy"),
-                ("batch_stats", "mean", "copy"), ("batch_stats", "var", "copy"))
-    for torch_field, (collection, leaf, conversion) in zip(_TORCH_FIELDS[kind], leaves):
-      flat = flat_params if collection == "params" else flat_stats
-      shape = flat[flax_path + (leaf,)].shape
-      target[f"{prefix}.{torch_field}"] = (collection, flax_path + (leaf,), conversion, shape)
   if model_name == "cross_stitch":
     for side, torch_name in (("encoder", "cs_unit_encoder"), ("decoder", "cs_unit_decoder")):
       path = (f"cross_stitch_{side}",)
       target[torch_name] = ("params", path, "copy", flat_params[path].shape)
   if spec.holds_log_variances:
     target["logsigma"] = ("log_variance", (), "copy", (len(tasks),))
+  description = (f"model {model_name!r} with tasks {[t.name for t in tasks]} and filters "
+                 f"{model.filters}")
+  variables = _fill(abstract, target, state_dict, description)
+  if spec.holds_log_variances:
+    log_variance = variables.pop("log_variance")
+    variables["log_variance"] = {t.name: log_variance[i] for i, t in enumerate(tasks)}
+  return variables
 
+
+def _wrn_entries(classes: tuple[int, ...], depth: int) -> list[Entry]:
+  """The Decathlon WRN MTAN (visual_decathlon/model_wrn_mtan.py's WideResNet)."""
+  blocks = (depth - 4) // 6
+  entries: list[Entry] = [(("conv1",), "conv1", "conv"), (("bn1",), "bn1", "bn")]
+  for i in (1, 2, 3):
+    for b in range(blocks):
+      flax_block, torch_block = f"layer{i}_{b}", f"layer{i}.{b}"
+      entries += [((flax_block, name), f"{torch_block}.{name}", kind)
+                  for name, kind in (("bn1", "bn"), ("conv1", "conv"), ("bn2", "bn"),
+                                     ("conv2", "conv"))]
+      if b == 0:  # every group starts with a stride and (after the stem) a change of width
+        entries.append(((flax_block, "shortcut"), f"{torch_block}.shortcut.0", "conv"))
+  for j in range(4):
+    entries += [((f"encoder_block_att_{j}", "conv"), f"encoder_block_att.{j}.0", "conv"),
+                ((f"encoder_block_att_{j}", "bn"), f"encoder_block_att.{j}.1", "bn")]
+  for k in range(len(classes)):
+    for j in range(4):
+      mask, torch_mask = f"task{k}_mask_{j}", f"encoder_att.{k}.{j}"
+      entries += [((mask, name), f"{torch_mask}.{index}", kind)
+                  for name, index, kind in (("conv_g", 0, "conv"), ("bn_g", 1, "bn"),
+                                            ("conv_h", 3, "conv"), ("bn_h", 4, "bn"))]
+    entries.append(((f"task{k}_head",), f"linear.{k}.0", "linear"))
+  return entries
+
+
+def load_torch_wrn_state_dict(state_dict: Mapping[str, Any], classes: tuple[int, ...],
+                              *, depth: int = 28, widen_factor: int = 4) -> dict[str, Any]:
+  """`load_torch_state_dict` for the Visual Decathlon's WRN MTAN (`models.wrn.WideResNetMTAN`):
+  the state dict of the reference's `WideResNet(depth, widen_factor, num_classes=classes)` ->
+  `{"params", "batch_stats"}`. Linear weights `[out, in]` become kernels `[in, out]`. Raises
+  ValueError listing what is missing, unexpected or of the wrong shape."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from mtan_jax.models import wrn  # pylint: disable=import-outside-toplevel
+  model = wrn.WideResNetMTAN(tuple(classes), depth, widen_factor)
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, 72, 72, 3), jnp.float32))
+  description = f"the WRN-{depth}-{widen_factor} MTAN with classes {tuple(classes)}"
+  return _fill(abstract, _targets(abstract, _wrn_entries(tuple(classes), depth)), state_dict,
+               description)
+
+
+def _targets(abstract, entries: list[Entry]) -> dict[str, tuple[str, tuple[str, ...], str, tuple]]:
+  """torch key -> (collection, flax leaf path, conversion, expected flax shape), from `entries`
+  and the model's abstract variables."""
+  flat = {"params": flax.traverse_util.flatten_dict(abstract["params"]),
+          "batch_stats": flax.traverse_util.flatten_dict(abstract["batch_stats"])}
+  leaves = {"conv": (("params", "kernel", "conv_kernel"), ("params", "bias", "copy")),
+            "linear": (("params", "kernel", "linear_kernel"), ("params", "bias", "copy")),
+            "bn": (("params", "scale", "copy"), ("params", "bias", "copy"),
+                   ("batch_stats", "mean", "copy"), ("batch_stats", "var", "copy"))}
+  target = {}
+  for flax_path, prefix, kind in entries:
+    for torch_field, (collection, leaf, conversion) in zip(_TORCH_FIELDS[kind], leaves[kind]):
+      shape = flat[collection][flax_path + (leaf,)].shape
+      target[f"{prefix}.{torch_field}"] = (collection, flax_path + (leaf,), conversion, shape)
+  return target
+
+
+def _fill(abstract, target: dict, state_dict: Mapping[str, Any], description: str) -> dict:
+  """The variables `target` maps `state_dict` into (see `_targets`; a "log_variance" target comes
+  back as an array under that key). Raises ValueError listing every missing, unexpected and
+  wrongly shaped entry; AssertionError when `target` misses a leaf of the model (a mapping bug)."""
+  flat_params = flax.traverse_util.flatten_dict(abstract["params"])
+  flat_stats = flax.traverse_util.flatten_dict(abstract["batch_stats"])
   mapped = {path for collection, path, _, _ in target.values() if collection != "log_variance"}
   unmapped = set(flat_params) | set(flat_stats)
   if mapped != unmapped:  # a bug in the mapping tables above, not in the user's input
-    raise AssertionError(f"import mapping of {model_name!r} misses {sorted(unmapped - mapped)}")
+    raise AssertionError(f"import mapping of {description} misses {sorted(unmapped - mapped)}")
 
   given = {key: np.asarray(value) for key, value in state_dict.items()}
-  optional = {f"{prefix}.num_batches_tracked" for _, prefix, kind in entries if kind == "bn"}
+  optional = {key.removesuffix(".running_mean") + ".num_batches_tracked"
+              for key in target if key.endswith(".running_mean")}
   missing = sorted(set(target) - set(given))
   unexpected = sorted(set(given) - set(target) - optional)
   wrong_shape = []
@@ -204,8 +268,7 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
     if given[key].shape != expected:
       wrong_shape.append(f"{key}: expected {expected}, found {given[key].shape}")
   if missing or unexpected or wrong_shape:
-    parts = [f"state dict does not fit model {model_name!r} with tasks "
-             f"{[t.name for t in tasks]} and filters {model.filters}"]
+    parts = [f"state dict does not fit {description}"]
     for title, items in (("missing entries", missing), ("unexpected entries", unexpected),
                          ("entries of the wrong shape", wrong_shape)):
       if items:
@@ -218,8 +281,10 @@ def load_torch_state_dict(model_name: str, state_dict: Mapping[str, Any],
     value = given[key].astype(np.float32)
     if conversion == "conv_kernel":
       value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))
+    elif conversion == "linear_kernel":
+      value = np.ascontiguousarray(value.T)
     if collection == "log_variance":
-      variables["log_variance"] = {t.name: jnp.asarray(value[i]) for i, t in enumerate(tasks)}
+      variables["log_variance"] = jnp.asarray(value)
     else:
       collections[collection][path] = jnp.asarray(value)
   for collection, flat in collections.items():
