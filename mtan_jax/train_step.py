@@ -123,7 +123,7 @@ def _task_losses(tasks, outputs, batch, axis_name):
       *losses_lib.task_loss_sums(t, outputs[t.name], batch[t.name]), axis_name) for t in tasks}
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
   """True when every floating-point leaf of `tree` is finite (integer leaves, e.g. counts, pass)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -286,7 +286,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   # updated state is checked too: finite gradients can still make non-finite parameters (an
   # overflowing update, a NaN learning rate), and a checkpoint must never hold them.
   with jax.named_scope("skip_non_finite"):
-    finite = jnp.isfinite(total) & _all_finite(grads) & _all_finite(
+    finite = jnp.isfinite(total) & all_finite(grads) & all_finite(
         (params, opt_state, batch_stats, weighting_state))
     finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
     keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731

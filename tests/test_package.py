@@ -58,6 +58,6 @@ def test_a_wheel_installs_into_a_fresh_venv_with_its_data_and_console_scripts(tm
   assert json.loads(counts.stdout)["mtan"] == 44_229_076
   paper = run(str(python), "-c", "from mtan_jax import report; print(sorted(report.paper_rows()))")
   assert paper.stdout.strip() == "['cityscapes', 'nyuv2']", paper.stderr[-2000:]
-  for script in ("mtan-train-nyuv2", "mtan-train-cityscapes", "mtan-plot"):
+  for script in ("mtan-train-nyuv2", "mtan-train-cityscapes", "mtan-train-decathlon", "mtan-plot"):
     result = run(str(venv / "bin" / script), "--help")
     assert result.returncode == 0, (script, result.stderr[-2000:])

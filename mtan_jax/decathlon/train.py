@@ -1,0 +1,313 @@
+"""Training and evaluating the Decathlon MTAN: each epoch trains every task in turn on its own
+training set, one task per step (the reference's model_wrn_mtan.py), under `jax.pmap` with the
+global batch split over the devices and BatchNorm statistics over the global batch.
+
+Pure per-device steps (`train_step`, `eval_step`) compiled once per task (the task picks the
+branch and the head); the loop (`run`) owns the run folder, checkpoints and metrics.jsonl as the
+dense tasks' loop does. Tasks not in a step get zero gradients: as in the reference (PyTorch of
+its time kept zero gradients once a parameter had one), SGD's weight decay and momentum still move
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtan_jax import checkpoint as checkpoint_lib
+from mtan_jax import rundir
+from mtan_jax import runlog
+from mtan_jax import schema
+from mtan_jax import train_step as step_lib
+from mtan_jax.decathlon import data as data_lib
+from mtan_jax.decathlon import score as score_lib
+from mtan_jax.decathlon.config import DecathlonConfig
+from mtan_jax.models import wrn
+
+AXIS = step_lib.AXIS
+
+
+class DecathlonRunError(RuntimeError):
+  """A run that cannot go on as asked (a refused resume, a run that stopped on bad steps)."""
+
+
+@flax.struct.dataclass
+class State:
+  """The train state: steps taken, epochs completed, parameters, BatchNorm statistics, SGD's."""
+
+  step: jax.Array
+  epoch: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
+  """PyTorch's SGD(momentum 0.9, nesterov, weight_decay): the decay added to the gradient before
+  the momentum; the learning rate a hyperparameter set each epoch (`with_learning_rate`)."""
+  def sgd(learning_rate):
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=0.9, nesterov=True))
+  return optax.inject_hyperparams(sgd)(learning_rate=0.1)
+
+
+def learning_rate(config: DecathlonConfig, epoch: int) -> float:
+  """The reference's StepLR: lr halved every `lr_halve_every` epochs; from the drop epoch on, a
+  fresh schedule starting at `lr_after_drop`."""
+  drop = config.drop_first_task_epoch
+  if drop and epoch >= drop:
+    return config.lr_after_drop * 0.5 ** ((epoch - drop) // config.lr_halve_every)
+  return config.lr * 0.5 ** (epoch // config.lr_halve_every)
+
+
+def first_task(config: DecathlonConfig, epoch: int) -> int:
+  """0, or 1 from the drop epoch on (the first task, ImageNet, is no longer trained)."""
+  return 1 if config.drop_first_task_epoch and epoch >= config.drop_first_task_epoch else 0
+
+
+def create_state(model: wrn.WideResNetMTAN, optimizer, image_size: int, seed: int) -> State:
+  """A fresh state: every task's parameters (the model initialised with all branches)."""
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+  return State(step=jnp.int32(0), epoch=jnp.int32(0), params=variables["params"],
+               batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]))
+
+
+def _sums(probabilities, label, valid):
+  """(sum of -log(p_label + 1e-20), correct predictions, examples) over the valid examples: the
+  reference's loss (one-hot cross-entropy of the softmax output) and top-1 accuracy."""
+  valid = valid.astype(jnp.float32)
+  picked = jnp.take_along_axis(probabilities, label[:, None], axis=1)[:, 0]
+  nll = -jnp.log(picked + 1e-20)
+  correct = (jnp.argmax(probabilities, axis=1) == label).astype(jnp.float32)
+  return jnp.sum(nll * valid), jnp.sum(correct * valid), jnp.sum(valid)
+
+
+def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNetMTAN, optimizer,
+               task: int, axis_name: str = AXIS) -> tuple[State, dict]:
+  """One SGD step of task `task` on this device's share of a global batch ({"image": [B, H, W, 3],
+  "label": [B], "valid": [B]}) at learning rate `lr`; the loss is the mean over the global batch.
+  A non-finite loss, gradient or update skips the step on every device (state unchanged).
+  Returns the new state and the batch's {"loss_sum", "correct", "count", "skipped"} (global)."""
+  devices = jax.lax.axis_size(axis_name)
+
+  def objective(params):
+    probabilities, updated = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                         batch["image"], task=task, train=True,
+                                         mutable=["batch_stats"])
+    nll, correct, count = _sums(probabilities, batch["label"], batch["valid"])
+    total = jax.lax.psum(count, axis_name)
+    mean = jax.lax.psum(nll, axis_name) / total
+    return mean / devices, (mean, correct, count, updated["batch_stats"])
+
+  grads, (mean, correct, count, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+  grads = jax.lax.psum(grads, axis_name)
+  opt_state = state.opt_state
+  opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+  updates, opt_state = optimizer.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(mean) & step_lib.all_finite((grads, params, batch_stats))
+  finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+  keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+      lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            batch_stats=keep(batch_stats, state.batch_stats),
+                            opt_state=keep(opt_state, state.opt_state))
+  return new_state, {"loss_sum": mean * jax.lax.psum(count, axis_name),
+                     "correct": jax.lax.psum(correct, axis_name),
+                     "count": jax.lax.psum(count, axis_name), "skipped": ~finite}
+
+
+def eval_step(state: State, batch: dict, *, model: wrn.WideResNetMTAN, task: int,
+              axis_name: str = AXIS) -> dict:
+  """Task `task`'s predictions with the running statistics: the batch's global sums and each
+  example's predicted class ("predicted": [B])."""
+  probabilities = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                              batch["image"], task=task)
+  nll, correct, count = _sums(probabilities, batch["label"], batch["valid"])
+  return {"loss_sum": jax.lax.psum(nll, axis_name), "correct": jax.lax.psum(correct, axis_name),
+          "count": jax.lax.psum(count, axis_name),
+          "predicted": jnp.argmax(probabilities, axis=1).astype(jnp.int32)}
+
+
+@dataclasses.dataclass
+class Steps:
+  """The pmapped steps, compiled once per task on first use."""
+
+  model: wrn.WideResNetMTAN
+  optimizer: Any
+  devices: list
+
+  def __post_init__(self):
+    self._train, self._eval = {}, {}
+
+  def train(self, task: int):
+    if task not in self._train:
+      self._train[task] = jax.pmap(functools.partial(
+          train_step, model=self.model, optimizer=self.optimizer, task=task),
+          axis_name=AXIS, devices=self.devices, donate_argnums=0)
+    return self._train[task]
+
+  def eval(self, task: int):
+    if task not in self._eval:
+      self._eval[task] = jax.pmap(functools.partial(eval_step, model=self.model, task=task),
+                                  axis_name=AXIS, devices=self.devices)
+    return self._eval[task]
+
+
+def _first(x) -> float:
+  """A replicated value, read from one device's shard."""
+  return float(np.asarray(x.addressable_shards[0].data).reshape(-1)[0])
+
+
+def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
+                        splits: tuple[str, ...], config: DecathlonConfig, epoch: int, lr: float):
+  """Trains task `k` on `splits` of its data; returns the state and {"loss", "accuracy"}."""
+  devices = len(steps.devices)
+  lr_array = step_lib.replicate(np.float32(lr), steps.devices, steps.devices)
+  loss = correct = count = skipped = 0.0
+  for split in splits:
+    for batch in data_lib.batches(task_data, split, config.batch_size, devices, train=True,
+                                  seed=config.seed, epoch=epoch):
+      replicated, out = steps.train(k)(replicated, batch, lr_array)
+      loss += _first(out["loss_sum"])
+      correct += _first(out["correct"])
+      count += _first(out["count"])
+      skipped += _first(out["skipped"])
+  if skipped:
+    raise DecathlonRunError(f"{int(skipped)} step(s) of {task_data.task.name} in epoch {epoch} "
+                            f"were not finite (skipped); the last checkpoint is kept")
+  return replicated, {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def evaluate(replicated, steps: Steps, task_data: data_lib.TaskData, k: int, split: str,
+             batch_size: int) -> tuple[dict[str, float], np.ndarray]:
+  """({"loss", "accuracy"} of task `k` on `split`, the predicted class of every example)."""
+  devices = len(steps.devices)
+  batch_size = -(-batch_size // devices) * devices
+  loss = correct = count = 0.0
+  predicted = []
+  for batch in data_lib.batches(task_data, split, batch_size, devices, train=False):
+    out = steps.eval(k)(replicated, batch)
+    loss += _first(out["loss_sum"])
+    correct += _first(out["correct"])
+    count += _first(out["count"])
+    predicted.append(np.asarray(out["predicted"]).reshape(-1)[batch["valid"].reshape(-1)])
+  return ({"loss": loss / max(count, 1), "accuracy": correct / max(count, 1)},
+          np.concatenate(predicted) if predicted else np.zeros(0, np.int32))
+
+
+def _prepare_folder(config: DecathlonConfig) -> None:
+  """The run folder policy of the dense runs: a folder holding a run is continued only with
+  --resume (same defining fields) and deleted only with --overwrite."""
+  workdir = pathlib.Path(config.workdir)
+  held = rundir.held_run_files(workdir)
+  if config.resume:
+    if not held:
+      raise DecathlonRunError(f"--resume: {workdir} holds no run to continue; check --workdir, or "
+                              f"leave out --resume to start a run there")
+    saved = json.loads((workdir / "config.json").read_text())
+    problems = schema.differences(saved, config, str(workdir / "config.json"))
+    if problems:
+      raise DecathlonRunError(f"--resume: {workdir} holds a run with other values of fields that "
+                              f"define it: {'; '.join(problems)}")
+  elif held:
+    if not config.overwrite:
+      raise DecathlonRunError(
+          f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+          f"--overwrite to delete it and start afresh, or choose another --workdir")
+    rundir.clear(workdir)
+  if not (workdir / "config.json").exists():
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+
+
+def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print,
+        real: bool = False) -> dict[str, Any]:
+  """Trains `config.epochs` epochs over `tasks` (the ten, in the Decathlon's order), evaluating
+  each trained task on its validation split after every epoch (mode "eval"), checkpointing every
+  epoch; then evaluates every task on its test split. Returns the summary (also summary.json):
+  {"test": {task: {"loss", "accuracy"}}, "mean_accuracy", and with `real` (the ten Decathlon
+  datasets, not a stand-in) "score" and "score_by_task"}."""
+  config.validate()
+  workdir = pathlib.Path(config.workdir)
+  devices = jax.local_devices()[:config.devices or None]
+  if config.batch_size % len(devices):
+    raise DecathlonRunError(f"--batch_size: expected a multiple of the {len(devices)} devices, "
+                            f"found {config.batch_size}")
+  classes = tuple(t.task.classes for t in tasks)
+  model = wrn.WideResNetMTAN(classes, config.depth, config.widen_factor, bn_axis_name=AXIS)
+  optimizer = make_optimizer(config.weight_decay)
+  size = tasks[0].splits["train"].images.shape[1]
+  with rundir.RunFolderLock(workdir):
+    _prepare_folder(config)
+    checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+    try:
+      state = create_state(model, optimizer, size, config.seed)
+      restored = checkpoints.restore_intact(state, say=say) if config.resume else None
+      if restored is not None:
+        state = restored[1]
+      start = int(state.epoch)
+      log = runlog.RunLog(workdir, first_epoch=start)
+      steps = Steps(model, optimizer, devices)
+      replicated = step_lib.replicate(state, devices, devices)
+      splits = ("train", "val") if config.mode == "all" else ("train",)
+      for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        if config.drop_first_task_epoch and epoch == config.drop_first_task_epoch:
+          # The reference starts a fresh SGD (no momentum) at the drop.
+          replicated = replicated.replace(opt_state=jax.pmap(optimizer.init, devices=devices)(
+              replicated.params))
+        lr = learning_rate(config, epoch)
+        record = {"epoch": epoch, "lr": lr, "train": {}, "validation": {}}
+        for k in range(first_task(config, epoch), len(tasks)):
+          name = tasks[k].task.name
+          replicated, record["train"][name] = train_epoch_of_task(
+              replicated, steps, tasks[k], k, splits, config, epoch, lr)
+          if config.mode == "eval":
+            record["validation"][name] = evaluate(replicated, steps, tasks[k], k, "val",
+                                                  config.batch_size)[0]
+        replicated = replicated.replace(epoch=replicated.epoch + 1)
+        record["seconds"] = time.perf_counter() - began
+        log.epoch(record)
+        host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0]
+                                      if x.ndim else np.asarray(x), replicated)
+        checkpoints.save(int(host.step), host, {"epoch": epoch + 1})
+        if config.progress:
+          say(_format_epoch(record))
+      log.close()
+      checkpoints.wait()
+    finally:
+      checkpoints.close()
+    summary = _test(replicated, steps, tasks, config.batch_size, real)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  return summary
+
+
+def _test(replicated, steps: Steps, tasks, batch_size: int, real: bool) -> dict[str, Any]:
+  """Every task on its test split; the Decathlon score when these are the real ten datasets."""
+  test = {t.task.name: evaluate(replicated, steps, t, k, "test", batch_size)[0]
+          for k, t in enumerate(tasks)}
+  mean = float(np.mean([v["accuracy"] for v in test.values()]))
+  summary: dict[str, Any] = {"test": test, "mean_accuracy": mean}
+  if real:
+    total, shares = score_lib.decathlon_score({n: v["accuracy"] for n, v in test.items()})
+    summary.update(score=total, score_by_task=shares)
+  return summary
+
+
+def _format_epoch(record: dict[str, Any]) -> str:
+  parts = [f"epoch {record['epoch']:4d}  lr {record['lr']:.4g}  {record['seconds']:.0f} s"]
+  for name, train in record["train"].items():
+    val = record["validation"].get(name)
+    parts.append(f"  {name:14s} train loss {train['loss']:.3f} acc {train['accuracy']:.3f}"
+                 + (f" | val loss {val['loss']:.3f} acc {val['accuracy']:.3f}" if val else ""))
+  return "\n".join(parts)
