@@ -20,7 +20,7 @@ LOCK = "run.lock"
 # What a run writes (and `--overwrite` deletes); nothing else in the folder is touched.
 RUN_FILES = ("checkpoints", "checkpoints_damaged", "tensorboard", "metrics.jsonl",
              "metrics.jsonl.tmp", "metrics_dropped.jsonl", "summary.json", "config.json",
-             "curves.png")
+             "curves.png", "checkpoints_first_task")
 # Any of these means the folder holds a run.
 RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints")
 

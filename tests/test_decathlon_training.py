@@ -119,6 +119,34 @@ def test_a_step_is_the_same_on_one_and_two_devices():
   chex.assert_trees_all_close(one.batch_stats["task0_mask_1"], state.batch_stats["task0_mask_1"])
 
 
+@pytest.mark.parametrize("mode", ["statistics", "train", "none"])
+def test_the_settling_epoch_before_the_test_predictions(mode):
+  """statistics: BatchNorm running statistics move (the shared ones and the task's), weights do
+  not; train: SGD steps at the settling rate move the weights too (the reference's script);
+  none: nothing moves."""
+  tasks = small_tasks()
+  model = wrn.WideResNetMTAN(tuple(t.task.classes for t in tasks), 10, 1,
+                             bn_axis_name=step_lib.AXIS)
+  optimizer = train_lib.make_optimizer(5e-5)
+  devices = jax.local_devices()[:1]
+  steps = train_lib.Steps(model, optimizer, devices)
+  state = train_lib.create_state(model, optimizer, 16, 0)
+  config = DecathlonConfig(depth=10, widen_factor=1, epochs=2, batch_size=8, settle=mode)
+  settled = train_lib.settle(step_lib.replicate(state, devices, devices), steps, tasks[2], 2,
+                             config)
+  settled = jax.tree_util.tree_map(lambda x: np.asarray(x[0]), settled)
+  bn1, before = settled.batch_stats["bn1"], state.batch_stats["bn1"]
+  stats_moved = not np.allclose(bn1["mean"], before["mean"])
+  weights_moved = not np.allclose(settled.params["task2_head"]["kernel"],
+                                  state.params["task2_head"]["kernel"])
+  assert (stats_moved, weights_moved) == {"statistics": (True, False), "train": (True, True),
+                                          "none": (False, False)}[mode]
+  chex.assert_trees_all_close(settled.batch_stats["task1_mask_0"],
+                              state.batch_stats["task1_mask_0"])  # another task's path
+  assert train_lib.settle_learning_rate(DecathlonConfig(), 0) == pytest.approx(0.1 * 0.5 ** 6)
+  assert train_lib.settle_learning_rate(DecathlonConfig(), 4) == pytest.approx(0.01 * 0.5 ** 2)
+
+
 @pytest.mark.slow
 def test_a_run_resumes_exactly_across_the_drop_of_the_first_task(tmp_path):
   """Two epochs (the first task dropped and SGD restarted in the second) at once, and one epoch
@@ -126,12 +154,15 @@ def test_a_run_resumes_exactly_across_the_drop_of_the_first_task(tmp_path):
   accuracy."""
   tasks = small_tasks()
   config = DecathlonConfig(depth=10, widen_factor=1, epochs=2, batch_size=8, lr_halve_every=1,
-                           drop_first_task_epoch=1, devices=2, progress=False,
+                           drop_first_task_epoch=1, devices=2, progress=False, settle="none",
                            workdir=str(tmp_path / "straight"))
   summary = train_lib.run(config, tasks)
   assert set(summary["test"]) == {"imagenet12", "daimlerpedcls", "svhn"} and "score" not in summary
   half = dataclasses.replace(config, epochs=1, workdir=str(tmp_path / "resumed"))
-  train_lib.run(half, tasks)
+  first_epoch = train_lib.run(half, tasks)
+  # The first task is tested from its state when it was dropped (after epoch 0), as the reference.
+  assert first_epoch["test"]["imagenet12"] == summary["test"]["imagenet12"]
+  assert (tmp_path / "straight" / train_lib.FIRST_TASK_CHECKPOINT).is_dir()
   train_lib.run(dataclasses.replace(half, epochs=2, resume=True), tasks)
   records = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text()
               .splitlines()] for run in ("straight", "resumed")]

@@ -38,6 +38,11 @@ class DecathlonConfig:
                                defines_run=True, check=(lambda v: 0 <= v < 1, "0 <= wd < 1"))
   mode: str = option("eval", "eval: train on train, evaluate on val; all: train on train and val",
                      defines_run=True, choices=("eval", "all"))
+  settle: str = option(
+      "train", "before each task's test predictions, one more epoch on its train and val sets: "
+      "train (SGD steps, as the reference's evaluation script), statistics (BatchNorm statistics "
+      "only, as that script's comment says), none", defines_run=True,
+      choices=("train", "statistics", "none"))
   seed: int = option(0, "parameters, data order, flips", defines_run=True)
   workdir: str = option("runs/decathlon", "run folder")
   resume: bool = option(False, "continue the run in --workdir from its newest intact checkpoint")

@@ -35,6 +35,7 @@ from mtan_jax.decathlon.config import DecathlonConfig
 from mtan_jax.models import wrn
 
 AXIS = step_lib.AXIS
+FIRST_TASK_CHECKPOINT = "checkpoints_first_task"  # the state when the first task was dropped
 
 
 class DecathlonRunError(RuntimeError):
@@ -68,6 +69,16 @@ def learning_rate(config: DecathlonConfig, epoch: int) -> float:
   if drop and epoch >= drop:
     return config.lr_after_drop * 0.5 ** ((epoch - drop) // config.lr_halve_every)
   return config.lr * 0.5 ** (epoch // config.lr_halve_every)
+
+
+def settle_learning_rate(config: DecathlonConfig, task: int) -> float:
+  """The learning rate of the settling epoch (`settle="train"`), as the reference's evaluation
+  script: the first task at the first schedule's rate at the drop epoch (0.1 x 0.5^6), the others
+  at the schedule's rate after the last epoch (0.01 x 0.5^2)."""
+  drop = config.drop_first_task_epoch
+  if task == 0 and drop:
+    return config.lr * 0.5 ** (drop // config.lr_halve_every)
+  return learning_rate(config, config.epochs)
 
 
 def first_task(config: DecathlonConfig, epoch: int) -> int:
@@ -127,6 +138,16 @@ def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNe
                      "count": jax.lax.psum(count, axis_name), "skipped": ~finite}
 
 
+def statistics_step(state: State, batch: dict, *, model: wrn.WideResNetMTAN, task: int,
+                    axis_name: str = AXIS) -> State:
+  """A training-mode forward pass of task `task` that only updates the BatchNorm running
+  statistics (global batch): the settling the reference's evaluation script's comment describes."""
+  del axis_name  # the model's BatchNorm averages over the device axis itself
+  _, updated = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                           batch["image"], task=task, train=True, mutable=["batch_stats"])
+  return state.replace(batch_stats=updated["batch_stats"])
+
+
 def eval_step(state: State, batch: dict, *, model: wrn.WideResNetMTAN, task: int,
               axis_name: str = AXIS) -> dict:
   """Task `task`'s predictions with the running statistics: the batch's global sums and each
@@ -148,7 +169,13 @@ class Steps:
   devices: list
 
   def __post_init__(self):
-    self._train, self._eval = {}, {}
+    self._train, self._eval, self._statistics = {}, {}, {}
+
+  def statistics(self, task: int):
+    if task not in self._statistics:
+      self._statistics[task] = jax.pmap(functools.partial(
+          statistics_step, model=self.model, task=task), axis_name=AXIS, devices=self.devices)
+    return self._statistics[task]
 
   def train(self, task: int):
     if task not in self._train:
@@ -206,6 +233,23 @@ def evaluate(replicated, steps: Steps, task_data: data_lib.TaskData, k: int, spl
           np.concatenate(predicted) if predicted else np.zeros(0, np.int32))
 
 
+def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
+           config: DecathlonConfig):
+  """One more epoch of task `k` on its train and val sets before its test predictions, as
+  `config.settle` says (see `DecathlonConfig.settle`); returns the state."""
+  if config.settle == "train":
+    fresh = jax.pmap(steps.optimizer.init, devices=steps.devices)(replicated.params)
+    replicated = replicated.replace(opt_state=fresh)  # the script starts a new SGD
+    replicated, _ = train_epoch_of_task(replicated, steps, task_data, k, ("train", "val"),
+                                        config, config.epochs, settle_learning_rate(config, k))
+  elif config.settle == "statistics":
+    for split in ("train", "val"):
+      for batch in data_lib.batches(task_data, split, config.batch_size, len(steps.devices),
+                                    train=True, seed=config.seed, epoch=config.epochs):
+        replicated = steps.statistics(k)(replicated, batch)
+  return replicated
+
+
 def _prepare_folder(config: DecathlonConfig) -> None:
   """The run folder policy of the dense runs: a folder holding a run is continued only with
   --resume (same defining fields) and deleted only with --overwrite."""
@@ -250,6 +294,7 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
   with rundir.RunFolderLock(workdir):
     _prepare_folder(config)
     checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
+    first_task_state = checkpoint_lib.Checkpointer(workdir / FIRST_TASK_CHECKPOINT, 1)
     try:
       state = create_state(model, optimizer, size, config.seed)
       restored = checkpoints.restore_intact(state, say=say) if config.resume else None
@@ -281,21 +326,38 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
         host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0]
                                       if x.ndim else np.asarray(x), replicated)
         checkpoints.save(int(host.step), host, {"epoch": epoch + 1})
+        if epoch + 1 == config.drop_first_task_epoch:  # the first task's final state
+          first_task_state.save(int(host.step), host, {"epoch": epoch + 1})
         if config.progress:
           say(_format_epoch(record))
       log.close()
       checkpoints.wait()
+      first_task_state.wait()
+      first = None
+      if first_task_state.latest() is not None:
+        first = step_lib.replicate(first_task_state.restore_intact(state, say=say)[1], devices,
+                                   devices)
     finally:
       checkpoints.close()
-    summary = _test(replicated, steps, tasks, config.batch_size, real)
+      first_task_state.close()
+    summary = _test(replicated, first, steps, tasks, config, real)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
   return summary
 
 
-def _test(replicated, steps: Steps, tasks, batch_size: int, real: bool) -> dict[str, Any]:
-  """Every task on its test split; the Decathlon score when these are the real ten datasets."""
-  test = {t.task.name: evaluate(replicated, steps, t, k, "test", batch_size)[0]
-          for k, t in enumerate(tasks)}
+def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig,
+          real: bool) -> dict[str, Any]:
+  """Every task on its test split after its settling epoch, in task order on one evolving state
+  as the reference's evaluation script; the first task from its own final state (`first`, the
+  state when it was dropped) when it was dropped. The Decathlon score for the real datasets."""
+  test = {}
+  for k, t in enumerate(tasks):
+    if k == 0 and first is not None:
+      settled = settle(first, steps, t, 0, config)
+      test[t.task.name] = evaluate(settled, steps, t, 0, "test", config.batch_size)[0]
+      continue
+    replicated = settle(replicated, steps, t, k, config)
+    test[t.task.name] = evaluate(replicated, steps, t, k, "test", config.batch_size)[0]
   mean = float(np.mean([v["accuracy"] for v in test.values()]))
   summary: dict[str, Any] = {"test": test, "mean_accuracy": mean}
   if real:
