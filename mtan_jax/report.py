@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import pathlib
 import re
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -331,6 +332,14 @@ def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:
 def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
   """The Markdown report of `run_dirs`: a table per dataset. Bad or empty runs are skipped, each
   with a warning; a run with fewer epochs than the mean takes (still running) is noted."""
+  from mtan_jax.decathlon import report as decathlon_report  # pylint: disable=import-outside-toplevel
+  decathlon_runs = [d for d in run_dirs if decathlon_report.is_run(d)]
+  run_dirs = [d for d in run_dirs if d not in decathlon_runs]
+  decathlon_part = ([decathlon_report.table(
+      decathlon_runs, paper, lambda text: print(text, file=sys.stderr, flush=True))]
+      if decathlon_runs else [])
+  if not run_dirs:
+    return "\n\n".join(decathlon_part) + "\n"
   runs = runs_lib.load_runs(run_dirs, split)
   by_dataset: dict[str, list[runs_lib.Run]] = {}
   for run in runs:
@@ -365,7 +374,7 @@ def report(run_dirs: Sequence, split: str = "test", paper: bool = False) -> str:
             f"mean is over those): {', '.join(short)}." if short else "")
     parts.append(f"## {dataset} ({split} split, mean of the last {runlog.LAST_EPOCHS} epochs)\n\n"
                  + table(rows, columns) + note)
-  return "\n\n".join(parts) + "\n"
+  return "\n\n".join(parts + decathlon_part) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:
