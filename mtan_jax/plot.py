@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from mtan_jax import metrics as metrics_lib
+from mtan_jax import runlog
 from mtan_jax import runs as runs_lib
 from mtan_jax import tasks as tasks_lib
 
@@ -54,10 +55,46 @@ def _save(fig, output) -> pathlib.Path:
   return output
 
 
+def decathlon_curves(run_dir, output) -> pathlib.Path:
+  """One PNG of a Visual Decathlon run: loss and top-1 accuracy per epoch, training and
+  validation, a line per task (the first task's line stops where it is dropped)."""
+  records = runlog.read_records(run_dir)
+  if not records:
+    raise ValueError(f"{run_dir}: no epoch recorded yet "
+                     f"({pathlib.Path(run_dir) / 'metrics.jsonl'})")
+  plt = _pyplot()
+  fig, axes = plt.subplots(2, 2, squeeze=False, layout="constrained",
+                           figsize=(CURVE_PANEL[0] * 2.4, CURVE_PANEL[1] * 2))
+  tasks = list(dict.fromkeys(t for rec in records for t in rec.get("train", {})))
+  for r, split in enumerate(("train", "validation")):
+    for c, metric in enumerate(("loss", "accuracy")):
+      ax = axes[r][c]
+      for task in tasks:
+        points = [(rec["epoch"], rec[split][task][metric]) for rec in records
+                  if task in rec.get(split, {})]
+        if points:
+          ax.plot(*zip(*points), label=task)
+      ax.set_title(f"{split}: {'top-1 accuracy' if metric == 'accuracy' else metric}", fontsize=9)
+      ax.set_xlabel("epoch", fontsize=8)
+      ax.tick_params(labelsize=7)
+      ax.grid(alpha=0.3)
+  axes[0][1].legend(fontsize=6, ncol=2)
+  fig.suptitle(f"Visual Decathlon: {run_dir}", fontsize=10)
+  return _save(fig, output)
+
+
 def curves(run_dirs: Sequence, output, split: str = "test") -> pathlib.Path:
   """One PNG: a panel per task metric (rows: tasks, columns: that task's metrics), epochs on x, a
   line per run labelled 'model / weighting'. `split`: "test", "validation" or "train". Runs
-  without epochs or with damaged files are skipped with a warning; runs of one dataset only."""
+  without epochs or with damaged files are skipped with a warning; runs of one dataset only.
+  A Visual Decathlon run is drawn by `decathlon_curves` (one such run per figure)."""
+  from mtan_jax.decathlon import report as decathlon_report  # pylint: disable=import-outside-toplevel
+  decathlon_runs = [d for d in run_dirs if decathlon_report.is_run(d)]
+  if decathlon_runs:
+    if len(run_dirs) > 1:
+      raise ValueError(f"a Visual Decathlon run is drawn alone (its ten tasks fill the panels): "
+                       f"plot {decathlon_runs[0]} by itself")
+    return decathlon_curves(decathlon_runs[0], output)
   runs = runs_lib.load_runs(run_dirs, split)  # bad or empty runs skipped, each with a warning
   datasets = {}
   for run in runs:

@@ -85,3 +85,20 @@ def test_the_report_sets_runs_beside_the_papers_rows(tmp_path, capsys):
       "| 54.50 | - (stand-in) |")
   assert lines[-1].startswith("| MTAN (paper) | 63.90 |") and lines[-1].endswith("| 77.25 | 2941 |")
   assert f"warning: skipping {training}: no readable summary.json" in capsys.readouterr().err
+
+
+def test_a_decathlon_runs_curves_are_drawn_alone(tmp_path):
+  pytest.importorskip("matplotlib")
+  from mtan_jax import plot
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"depth": 10, "widen_factor": 2}))
+  lines = [{"epoch": e, "lr": 0.1, "train": {n: {"loss": 1.0 / (e + 1), "accuracy": 0.1 * e}
+                                            for n in decathlon.NAMES[e:]},
+            "validation": {n: {"loss": 1.0, "accuracy": 0.5} for n in decathlon.NAMES[e:]}}
+           for e in range(3)]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  output = plot.curves([str(run)], tmp_path / "curves.png")
+  assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="drawn alone"):
+    plot.curves([str(run), str(tmp_path / "other")], tmp_path / "both.png")

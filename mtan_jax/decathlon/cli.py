@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{config.widen_factor}, {config.epochs} epochs) into {config.workdir}.", flush=True)
     dense_cli.enable_compilation_cache(args.compilation_cache)
     summary = train.run(config, tasks)
+    dense_cli.draw_curves(config.workdir)
     print("Test accuracy: " + ", ".join(f"{name} {v['accuracy']:.3f}"
                                         for name, v in summary["test"].items())
           + f"; mean {summary['mean_accuracy']:.3f}", flush=True)
