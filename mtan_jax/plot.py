@@ -55,6 +55,17 @@ def _save(fig, output) -> pathlib.Path:
   return output
 
 
+def _curve_panel(ax, lines: list[tuple[str, list[tuple[int, float]]]], title: str) -> None:
+  """One panel of curves: each (label, [(epoch, value), ...]) with points as a line."""
+  for label, points in lines:
+    if points:
+      ax.plot(*zip(*points), label=label)
+  ax.set_title(title, fontsize=9)
+  ax.set_xlabel("epoch", fontsize=8)
+  ax.tick_params(labelsize=7)
+  ax.grid(alpha=0.3)
+
+
 def decathlon_curves(run_dir, output) -> pathlib.Path:
   """One PNG of a Visual Decathlon run: loss and top-1 accuracy per epoch, training and
   validation, a line per task (the first task's line stops where it is dropped)."""
@@ -68,16 +79,10 @@ def decathlon_curves(run_dir, output) -> pathlib.Path:
   tasks = list(dict.fromkeys(t for rec in records for t in rec.get("train", {})))
   for r, split in enumerate(("train", "validation")):
     for c, metric in enumerate(("loss", "accuracy")):
-      ax = axes[r][c]
-      for task in tasks:
-        points = [(rec["epoch"], rec[split][task][metric]) for rec in records
-                  if task in rec.get(split, {})]
-        if points:
-          ax.plot(*zip(*points), label=task)
-      ax.set_title(f"{split}: {'top-1 accuracy' if metric == 'accuracy' else metric}", fontsize=9)
-      ax.set_xlabel("epoch", fontsize=8)
-      ax.tick_params(labelsize=7)
-      ax.grid(alpha=0.3)
+      _curve_panel(axes[r][c], [(task, [(rec["epoch"], rec[split][task][metric])
+                                         for rec in records if task in rec.get(split, {})])
+                                for task in tasks],
+                   f"{split}: {'top-1 accuracy' if metric == 'accuracy' else metric}")
   axes[0][1].legend(fontsize=6, ncol=2)
   fig.suptitle(f"Visual Decathlon: {run_dir}", fontsize=10)
   return _save(fig, output)
@@ -121,15 +126,11 @@ def curves(run_dirs: Sequence, output, split: str = "test") -> pathlib.Path:
       if c >= len(metrics):
         ax.axis("off")
         continue
-      for run, label in zip(runs, labels):
-        points = [(rec["epoch"], rec[split][task][metrics[c]]) for rec in run.records
-                  if task in rec.get(split, {}) and rec[split][task].get(metrics[c]) is not None]
-        if points:
-          ax.plot(*zip(*points), label=label)
-      ax.set_title(f"{task}: {METRIC_TITLES[metrics[c]]}", fontsize=9)
-      ax.set_xlabel("epoch", fontsize=8)
-      ax.tick_params(labelsize=7)
-      ax.grid(alpha=0.3)
+      _curve_panel(ax, [(label, [(rec["epoch"], rec[split][task][metrics[c]])
+                                 for rec in run.records if task in rec.get(split, {})
+                                 and rec[split][task].get(metrics[c]) is not None])
+                        for run, label in zip(runs, labels)],
+                   f"{task}: {METRIC_TITLES[metrics[c]]}")
   axes[0][0].legend(fontsize=7)
   fig.suptitle(f"{split} metrics per epoch", fontsize=10)
   return _save(fig, output)
