@@ -10,9 +10,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
 
+import gc  # noqa: E402
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Compiled programs are kept on disk: tests that build the same model (and later runs of the suite)
@@ -22,3 +24,15 @@ jax.config.update("jax_default_matmul_precision", "highest")
 XLA_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla"
 jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's in-memory caches of compiled programs after each test file. Every executable XLA
+  compiles on the CPU keeps memory mappings of its code until it is freed, and a test process that
+  runs many files accumulated ~50,000 of them, near Linux's default vm.max_map_count (65,530): the
+  next compilation then crashed the process (a segfault or abort inside XLA). Later files that need
+  a program again read it from the on-disk cache above."""
+  yield
+  jax.clear_caches()
+  gc.collect()
