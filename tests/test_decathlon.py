@@ -68,7 +68,7 @@ def test_every_layer_has_pytorchs_default_initialisation():
   """Kernels and biases uniform in +-1 / sqrt(fan_in) (fan_in = input channels x kernel area),
   BatchNorm scale 1 and bias 0, as a fresh torch.nn.Conv2d / Linear / BatchNorm2d."""
   model = wrn.WideResNetMTAN(decathlon.CLASSES[:2], depth=10, widen_factor=2)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
   layers = {"stem": params["conv1"], "block conv": params["layer2_0"]["conv2"],
             "shortcut": params["layer3_0"]["shortcut"],
             "shared f": params["encoder_block_att_1"]["conv"],
