@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import socket
 import sys
+from typing import Any, Callable
 
 LOCK = "run.lock"
 # What a run writes (and `--overwrite` deletes); nothing else in the folder is touched.
@@ -49,6 +50,53 @@ def clear(workdir) -> None:
       shutil.rmtree(path)
     elif path.exists():
       path.unlink()
+
+
+def start_problem(workdir, resume: bool, overwrite: bool) -> str | None:
+  """What is wrong with starting in `workdir` as asked, before anything is created: --resume with
+  --overwrite, or --resume on a folder without a run (a misspelled workdir). None when nothing."""
+  if resume and overwrite:
+    return ("--resume and --overwrite exclude each other: continue the run in the workdir, or "
+            "delete it and start afresh")
+  if resume and not held_run_files(workdir):
+    return (f"--resume: {workdir} holds no run to continue (no config.json, metrics.jsonl or "
+            f"checkpoint); check --workdir, or leave out --resume to start a run there")
+  return None
+
+
+def claim(workdir, *, resume: bool, overwrite: bool,
+          differences: Callable[[dict[str, Any]], list[str]],
+          changes: Callable[[dict[str, Any]], dict[str, Any]] = lambda saved: {},
+          error: type[Exception] = RunFolderError, is_main: bool = True,
+          after_clear: Callable[[], None] | None = None) -> dict[str, Any]:
+  """The run folder policy, applied by the folder's owner: a folder holding a run is continued
+  only with `resume`, cleared (by the main process, then `after_clear`) only with `overwrite`;
+  `resume` needs a run to continue whose config.json shows no `differences(saved config)` (lines
+  naming the fields that define the run). Returns `changes(saved config)` on a resume (the fields
+  that may change and did), else {}. Refusals raise `error` with one message."""
+  workdir = pathlib.Path(workdir)
+  if overwrite and is_main:
+    clear(workdir)
+  if overwrite and after_clear is not None:
+    after_clear()
+  held = held_run_files(workdir)
+  if held and not resume:
+    raise error(f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                f"--overwrite to delete it and start afresh, or choose another --workdir")
+  if resume and not held:
+    raise error(start_problem(workdir, True, False))
+  saved = workdir / "config.json"
+  if resume and saved.is_file():
+    try:
+      first = json.loads(saved.read_text())
+      problems = differences(first)
+    except (ValueError, OSError) as e:
+      raise error(f"{saved} cannot be read ({e}); it describes the run to continue") from e
+    if problems:
+      raise error(f"cannot resume {workdir}: it holds a run of another configuration:\n  "
+                  + "\n  ".join(problems))
+    return changes(first)
+  return {}
 
 
 class RunFolderLock:

@@ -133,12 +133,6 @@ class MemoryCheckedStep:
     return self.compiled(*args)
 
 
-def _host(tree):
-  """A replicated pytree as numpy, read from one addressable shard (indexing `x[0]` would gather
-  every device's copy first)."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
-
-
 PROGRESS_EVERY = 20  # steps between reads of the devices' loss and skip counts
 
 
@@ -184,12 +178,12 @@ def run(config: TrainConfig) -> dict[str, Any]:
   Nothing is written before the config and the data source check out; the run folder is then
   owned by this run (a lock, see `rundir`) until it returns or fails."""
   config.validate()
+  problem = rundir.start_problem(config.workdir, config.resume, config.overwrite)
   if config.resume and config.overwrite:
-    raise RunError("--resume and --overwrite exclude each other: continue the run in the workdir, "
-                   "or delete it and start afresh")
+    raise RunError(problem)
   pipeline.locate(config.data)  # a missing or changed release stops the run here
-  if config.resume and not rundir.held_run_files(config.workdir):  # before creating the folder
-    raise _nothing_to_resume(config.workdir)
+  if problem:  # before creating the folder
+    raise RunError(problem)
   if config.multihost:
     jax.distributed.initialize()
   with contextlib.ExitStack() as held:
@@ -198,40 +192,20 @@ def run(config: TrainConfig) -> dict[str, Any]:
     return _run(config)
 
 
-def _nothing_to_resume(workdir) -> RunError:
-  return RunError(f"--resume: {workdir} holds no run to continue (no config.json, metrics.jsonl "
-                  f"or checkpoint); check --workdir, or leave out --resume to start a run there")
-
-
 def _claim_run_folder(config: TrainConfig, workdir: pathlib.Path,
                       is_main: bool) -> dict[str, list[Any]]:
-  """Applies the run folder policy: a folder holding a run is continued only with --resume,
-  cleared only with --overwrite; --resume needs a run to continue, of the same configuration
-  (config.json). Returns the fields that changed on the resume and may ({path: [was, now]})."""
-  if config.overwrite and is_main:
-    rundir.clear(workdir)
+  """`rundir.claim` with this config's comparison (earlier versions of config.json read); returns
+  the fields that changed on the resume and may ({path: [was, now]})."""
+  after_clear = None
   if config.multihost and config.overwrite:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("mtan_jax: run folder cleared")
-  held = rundir.held_run_files(workdir)
-  if held and not config.resume:
-    raise RunError(f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue "
-                   f"it, --overwrite to delete it and start afresh, or choose another --workdir")
-  if config.resume and not held:
-    raise _nothing_to_resume(workdir)
-  saved = workdir / "config.json"
-  if config.resume and saved.is_file():
-    try:
-      first = json.loads(saved.read_text())
-      differences = config_lib.differences(first, config, "config.json")
-    except (ValueError, OSError) as error:
-      raise RunError(f"{saved} cannot be read ({error}); it describes the run to continue"
-                     ) from error
-    if differences:
-      raise RunError(f"cannot resume {workdir}: it holds a run of another configuration:\n  "
-                     + "\n  ".join(differences))
-    return config_lib.changes_on_resume(first, config, "config.json")
-  return {}
+    after_clear = lambda: multihost_utils.sync_global_devices(  # noqa: E731
+        "mtan_jax: run folder cleared")
+  return rundir.claim(
+      workdir, resume=config.resume, overwrite=config.overwrite, error=RunError, is_main=is_main,
+      differences=lambda saved: config_lib.differences(saved, config, "config.json"),
+      changes=lambda saved: config_lib.changes_on_resume(saved, config, "config.json"),
+      after_clear=after_clear)
 
 
 @dataclasses.dataclass
@@ -286,7 +260,7 @@ def _run(config: TrainConfig) -> dict[str, Any]:
     state, position = _initial_state(config, workdir, place, checkpoints, changes, parts)
     steps = _compile(config, tasks, place, parts, data.steps_per_epoch)
     log = resources.enter_context(contextlib.closing(runlog.RunLog(
-        workdir, enabled=place.is_main, first_epoch=int(_host(state.epoch)))))
+        workdir, enabled=place.is_main, first_epoch=int(step_lib.unreplicate(state.epoch)))))
     state = _train(config, tasks, place, data, steps, checkpoints, log, state, position, changes)
   return _summarise(workdir, place, state)
 
@@ -409,7 +383,7 @@ def _train(config: TrainConfig, tasks, place: _Place, data: _Data, steps: _Steps
            position: dict[str, Any], changes: dict[str, list[Any]]):
   """The epoch loop: train, evaluate, log, checkpoint; stops at a signal after saving where it
   is. Returns the final (replicated) state."""
-  start_epoch, start_step = int(_host(state.epoch)), position.get("step_in_epoch", 0)
+  start_epoch, start_step = int(step_lib.unreplicate(state.epoch)), position.get("step_in_epoch", 0)
   place.say(f"{config.model} on {config.dataset} ({', '.join(t.name for t in tasks)}), "
             f"{config.weighting} weighting, {data.steps_per_epoch} steps per epoch, global batch "
             f"{config.batch_size} on {place.global_count} device(s), epochs "
@@ -419,7 +393,7 @@ def _train(config: TrainConfig, tasks, place: _Place, data: _Data, steps: _Steps
     try:
       for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        lr = config.lr * (0.5 if 0 < steps.halve_steps <= int(_host(state.step)) else 1.0)
+        lr = config.lr * (0.5 if 0 < steps.halve_steps <= int(step_lib.unreplicate(state.step)) else 1.0)
         running = steps.train
         state, record, done = _train_epoch(config, tasks, place, data, steps, state, epoch,
                                            start_step, position, stop)
@@ -439,7 +413,7 @@ def _train(config: TrainConfig, tasks, place: _Place, data: _Data, steps: _Steps
         log.epoch(record)
         place.say(runlog.format_epoch(record))
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "config": config.to_dict()}
-        checkpoints.save(int(_host(state.step)), _host(state), position)
+        checkpoints.save(int(step_lib.unreplicate(state.step)), step_lib.unreplicate(state), position)
         if stop.signal_number is not None and epoch + 1 < config.epochs:
           _stop(stop, checkpoints, None, None, f"after epoch {epoch}")
     except jax.errors.JaxRuntimeError as error:  # an allocation failed (compiling or running)
@@ -472,19 +446,19 @@ def _train_epoch(config: TrainConfig, tasks, place: _Place, data: _Data, steps: 
       state, totals, last = steps.train(state, totals, batch)
       done += 1
       if (done - start_step) % PROGRESS_EVERY == 0:
-        skips.update(_host(totals[1]))
+        skips.update(step_lib.unreplicate(totals[1]))
         progress.update(PROGRESS_EVERY)
-        progress.set_postfix(loss=f"{float(_host(last['loss'])):.4f}")
+        progress.set_postfix(loss=f"{float(step_lib.unreplicate(last['loss'])):.4f}")
       if stop.signal_number is not None and done < data.steps_per_epoch:
         break
-  skips.update(_host(totals[1]))
-  train_metrics.add_totals(_host(totals[0]))
+  skips.update(step_lib.unreplicate(totals[1]))
+  train_metrics.add_totals(step_lib.unreplicate(totals[0]))
   if done < data.steps_per_epoch:
     return state, {"train_metrics": train_metrics.to_json()}, done
   if skips.total == data.steps_per_epoch:
     raise RunError(f"every training step of epoch {epoch} had a non-finite loss, gradient or "
                    f"update ({skips.describe()}); nothing was saved from it")
-  last = _host(last)
+  last = step_lib.unreplicate(last)
   record = {"weights": {t.name: float(last["weights"][t.name]) for t in tasks},
             "train": train_metrics.result()}
   if skips.total:
@@ -500,7 +474,7 @@ def _evaluate(config: TrainConfig, tasks, place: _Place, steps: _Steps, state,
   for batch in loader.epoch(0):
     totals = steps.evaluate(state, totals, batch)
   accumulator = metrics_lib.Accumulator(tasks, config.metrics)
-  accumulator.add_totals(_host(totals))
+  accumulator.add_totals(step_lib.unreplicate(totals))
   return accumulator.result()
 
 
@@ -509,7 +483,7 @@ def _stop(stop: "StopOnSignal", checkpoints: checkpoint_lib.Checkpointer, state,
   """The one way a signal ends a run: save `state` at `position` (None: the epoch's checkpoint is
   already on its way), wait for the save, and raise RunInterrupted saying how to continue."""
   if state is not None:
-    checkpoints.save(int(_host(state.step)), _host(state), position)
+    checkpoints.save(int(step_lib.unreplicate(state.step)), step_lib.unreplicate(state), position)
   checkpoints.wait()
   name = signal.Signals(stop.signal_number).name
   raise RunInterrupted(f"{name}: stopped {where}; the exact position is saved in "
@@ -526,7 +500,7 @@ def _summarise(workdir: pathlib.Path, place: _Place, state) -> dict[str, Any]:
     (workdir / "summary.json").write_text(json.dumps(
         {"last_epochs": count, "test": runlog.json_safe(summary)}, indent=1))
     place.say(runlog.format_summary(summary, count))
-  return {"records": records, "summary": summary, "state": _host(state)}
+  return {"records": records, "summary": summary, "state": step_lib.unreplicate(state)}
 
 
 def _check_checkpoint(record: dict[str, Any], config: TrainConfig) -> None:

@@ -72,6 +72,12 @@ def replicate(tree: Any, local_devices, pmap_devices=None) -> Any:
   return jax.pmap(lambda x: x, axis_name=AXIS, devices=pmap_devices)(stacked)
 
 
+def unreplicate(tree: Any) -> Any:
+  """A replicated pytree (the steps' outputs, one copy per device) as numpy, read from one
+  addressable shard (indexing `x[0]` would gather every device's copy first)."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
 def init_variables(model: nn.Module, image_shape: tuple[int, int], key: jax.Array) -> Any:
   """The model's initial variables ({"params", "batch_stats"}).
 
@@ -130,20 +136,33 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def keep_where(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` where `finite` (a scalar bool, the same on every device) holds, else `old`, leaf by
+  leaf: how a step that is not finite leaves the state as it was."""
+  return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
+def _loss_vector(forward, batch, tasks, weighting: Weighting, devices: int, axis_name: str):
+  """(model params[, perturbations of the shared representation]) -> (the task losses `[K]` / the
+  device count, (the task losses `[K]`, {task: loss}, outputs, new batch statistics)): the function
+  a gradient-level step pulls back once per task."""
+
+  def loss_vector(model_params, taps=None):
+    outputs, updated = forward(model_params, batch["image"], taps)
+    with jax.named_scope("losses"):
+      task_losses = _task_losses(tasks, outputs, batch, axis_name)
+    vector = weighting.stacked(task_losses)
+    return vector / devices, (vector, task_losses, outputs, updated["batch_stats"])
+  return loss_vector
+
+
 def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weighting,
                        shared: frozenset[str], devices: int, axis_name: str):
   """A gradient-level weighting's step: the task losses differentiated once forward and K times
   backward (the pullback of the task-loss vector at the K unit cotangents), summed over devices
   (so every device solves with the global batch's gradients), then combined by the weighting.
   Returns (grads like state.params, total, task_losses, outputs, batch_stats, weighting_state)."""
-
-  def loss_vector(model_params):
-    outputs, updated = forward(model_params, batch["image"])
-    with jax.named_scope("losses"):
-      task_losses = _task_losses(tasks, outputs, batch, axis_name)
-    vector = weighting.stacked(task_losses)
-    return vector / devices, (vector, task_losses, outputs, updated["batch_stats"])
-
+  loss_vector = _loss_vector(forward, batch, tasks, weighting, devices, axis_name)
   scaled, pullback, (losses, task_losses, outputs, batch_stats) = jax.vjp(
       loss_vector, state.params["model"], has_aux=True)
   with jax.named_scope("task_gradients"):
@@ -183,14 +202,7 @@ def _gradients_by_representation(forward, model, state: TrainState, batch, tasks
   over devices of each device's Gram matrix."""
   taps = _representation_taps(model, {"params": state.params["model"],
                                       "batch_stats": state.batch_stats}, batch["image"])
-
-  def loss_vector(model_params, taps):
-    outputs, updated = forward(model_params, batch["image"], taps)
-    with jax.named_scope("losses"):
-      task_losses = _task_losses(tasks, outputs, batch, axis_name)
-    vector = weighting.stacked(task_losses)
-    return vector / devices, (vector, task_losses, outputs, updated["batch_stats"])
-
+  loss_vector = _loss_vector(forward, batch, tasks, weighting, devices, axis_name)
   scaled, pullback, (losses, task_losses, outputs, batch_stats) = jax.vjp(
       loss_vector, state.params["model"], taps, has_aux=True)
   with jax.named_scope("task_gradients"):
@@ -289,13 +301,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     finite = jnp.isfinite(total) & all_finite(grads) & all_finite(
         (params, opt_state, batch_stats, weighting_state))
     finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
-    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-        lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        batch_stats=keep(batch_stats, state.batch_stats),
-        opt_state=keep(opt_state, state.opt_state),
-        weighting_state=keep(weighting_state, state.weighting_state))
+    new_state = state.replace(step=state.step + 1, **keep_where(
+        finite, {"params": params, "batch_stats": batch_stats, "opt_state": opt_state,
+                 "weighting_state": weighting_state},
+        {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+         "weighting_state": state.weighting_state}))
   with jax.named_scope("metrics"):
     sums = metrics_lib.batch_sums(tasks, outputs, batch, axis_name)
   return new_state, {"loss": total, "task_losses": task_losses, "skipped": ~finite,

@@ -128,11 +128,9 @@ def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNe
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(mean) & step_lib.all_finite((grads, params, batch_stats))
   finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
-  keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
-      lambda a, b: jnp.where(finite, a, b), new, old)
-  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                            batch_stats=keep(batch_stats, state.batch_stats),
-                            opt_state=keep(opt_state, state.opt_state))
+  new_state = state.replace(step=state.step + 1, **step_lib.keep_where(
+      finite, {"params": params, "batch_stats": batch_stats, "opt_state": opt_state},
+      {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}))
   return new_state, {"loss_sum": mean * jax.lax.psum(count, axis_name),
                      "correct": jax.lax.psum(correct, axis_name),
                      "count": jax.lax.psum(count, axis_name), "skipped": ~finite}
@@ -171,6 +169,11 @@ class Steps:
   def __post_init__(self):
     self._train, self._eval, self._statistics = {}, {}, {}
 
+  def fresh_optimizer(self, replicated: State) -> State:
+    """`replicated` with a new SGD state (no momentum), as the reference's new optimizers."""
+    return replicated.replace(opt_state=jax.pmap(self.optimizer.init, devices=self.devices)(
+        replicated.params))
+
   def statistics(self, task: int):
     if task not in self._statistics:
       self._statistics[task] = jax.pmap(functools.partial(
@@ -192,8 +195,8 @@ class Steps:
 
 
 def _first(x) -> float:
-  """A replicated value, read from one device's shard."""
-  return float(np.asarray(x.addressable_shards[0].data).reshape(-1)[0])
+  """A replicated scalar, read from one device's shard."""
+  return float(step_lib.unreplicate(x))
 
 
 def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
@@ -238,8 +241,7 @@ def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
   """One more epoch of task `k` on its train and val sets before its test predictions, as
   `config.settle` says (see `DecathlonConfig.settle`); returns the state."""
   if config.settle == "train":
-    fresh = jax.pmap(steps.optimizer.init, devices=steps.devices)(replicated.params)
-    replicated = replicated.replace(opt_state=fresh)  # the script starts a new SGD
+    replicated = steps.fresh_optimizer(replicated)  # the script starts a new SGD
     replicated, _ = train_epoch_of_task(replicated, steps, task_data, k, ("train", "val"),
                                         config, config.epochs, settle_learning_rate(config, k))
   elif config.settle == "statistics":
@@ -250,26 +252,11 @@ def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
   return replicated
 
 
-def _prepare_folder(config: DecathlonConfig) -> None:
-  """The run folder policy of the dense runs: a folder holding a run is continued only with
-  --resume (same defining fields) and deleted only with --overwrite."""
+def _claim_run_folder(config: DecathlonConfig) -> None:
+  """The run folder policy of the dense runs (`rundir.claim`); config.json written by a new run."""
   workdir = pathlib.Path(config.workdir)
-  held = rundir.held_run_files(workdir)
-  if config.resume:
-    if not held:
-      raise DecathlonRunError(f"--resume: {workdir} holds no run to continue; check --workdir, or "
-                              f"leave out --resume to start a run there")
-    saved = json.loads((workdir / "config.json").read_text())
-    problems = schema.differences(saved, config, str(workdir / "config.json"))
-    if problems:
-      raise DecathlonRunError(f"--resume: {workdir} holds a run with other values of fields that "
-                              f"define it: {'; '.join(problems)}")
-  elif held:
-    if not config.overwrite:
-      raise DecathlonRunError(
-          f"{workdir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
-          f"--overwrite to delete it and start afresh, or choose another --workdir")
-    rundir.clear(workdir)
+  rundir.claim(workdir, resume=config.resume, overwrite=config.overwrite, error=DecathlonRunError,
+               differences=lambda saved: schema.differences(saved, config, "config.json"))
   if not (workdir / "config.json").exists():
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
 
@@ -282,6 +269,9 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
   {"test": {task: {"loss", "accuracy"}}, "mean_accuracy", and with `real` (the ten Decathlon
   datasets, not a stand-in) "score" and "score_by_task"}."""
   config.validate()
+  problem = rundir.start_problem(config.workdir, config.resume, config.overwrite)
+  if problem:  # before creating the folder
+    raise DecathlonRunError(problem)
   workdir = pathlib.Path(config.workdir)
   devices = jax.local_devices()[:config.devices or None]
   if config.batch_size % len(devices):
@@ -292,7 +282,7 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
   optimizer = make_optimizer(config.weight_decay)
   size = tasks[0].splits["train"].images.shape[1]
   with rundir.RunFolderLock(workdir):
-    _prepare_folder(config)
+    _claim_run_folder(config)
     checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
     first_task_state = checkpoint_lib.Checkpointer(workdir / FIRST_TASK_CHECKPOINT, 1)
     try:
@@ -308,9 +298,7 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
       for epoch in range(start, config.epochs):
         began = time.perf_counter()
         if config.drop_first_task_epoch and epoch == config.drop_first_task_epoch:
-          # The reference starts a fresh SGD (no momentum) at the drop.
-          replicated = replicated.replace(opt_state=jax.pmap(optimizer.init, devices=devices)(
-              replicated.params))
+          replicated = steps.fresh_optimizer(replicated)  # the reference's new SGD at the drop
         lr = learning_rate(config, epoch)
         record = {"epoch": epoch, "lr": lr, "train": {}, "validation": {}}
         for k in range(first_task(config, epoch), len(tasks)):
@@ -323,8 +311,7 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
         replicated = replicated.replace(epoch=replicated.epoch + 1)
         record["seconds"] = time.perf_counter() - began
         log.epoch(record)
-        host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0]
-                                      if x.ndim else np.asarray(x), replicated)
+        host = step_lib.unreplicate(replicated)
         checkpoints.save(int(host.step), host, {"epoch": epoch + 1})
         if epoch + 1 == config.drop_first_task_epoch:  # the first task's final state
           first_task_state.save(int(host.step), host, {"epoch": epoch + 1})
