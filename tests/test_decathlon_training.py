@@ -174,3 +174,7 @@ def test_a_run_resumes_exactly_across_the_drop_of_the_first_task(tmp_path):
   assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["test"] == summary["test"]
   with pytest.raises(train_lib.DecathlonRunError, match="already holds a run"):
     train_lib.run(config, tasks)
+  with pytest.raises(train_lib.DecathlonRunError, match="exclude each other"):
+    train_lib.run(dataclasses.replace(config, resume=True, overwrite=True), tasks)
+  with pytest.raises(train_lib.DecathlonRunError, match="another configuration:\n  lr: "):
+    train_lib.run(dataclasses.replace(config, resume=True, lr=0.5), tasks)

@@ -85,12 +85,10 @@ def synthetic_task(index: int, seed: int = 0, size: int = SYNTHETIC_SIZE,
     images = images * rng.uniform(0.7, 1.3, (count, 1, 1, 1))
     images = images + rng.normal(0, 0.15, images.shape)
     splits[split] = Split(np.clip(images * 255, 0, 255).round().astype(np.uint8), labels)
-  real = decathlon.get(name)
-  mean = tuple(float(m) for m in np.concatenate(
-      [s.images for s in splits.values()]).reshape(-1, 3).mean(0) / 255)
-  std = tuple(float(s) for s in np.concatenate(
-      [s.images for s in splits.values()]).reshape(-1, 3).std(0) / 255)
-  task = dataclasses.replace(real, classes=classes, mean=mean, std=std)
+  pixels = np.concatenate([s.images for s in splits.values()]).reshape(-1, 3) / 255.0
+  task = dataclasses.replace(decathlon.get(name), classes=classes,
+                             mean=tuple(float(m) for m in pixels.mean(0)),
+                             std=tuple(float(s) for s in pixels.std(0)))
   return TaskData(task, splits)
 
 
