@@ -9,6 +9,11 @@ import os
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=8").strip()
+# The tests' programs are tiny: compiling them dominates the suite's time, running them does not.
+# LLVM's optimisation level 0 compiles them about a quarter faster (the results are the same: it
+# changes how the machine code is optimised, not what it computes).
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 import gc  # noqa: E402
 import pathlib  # noqa: E402

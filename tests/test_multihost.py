@@ -31,7 +31,8 @@ def test_two_processes_train_like_one(tmp_path):
   processes = [subprocess.Popen(
       [sys.executable, str(worker), str(tmp_path / "multi"), str(tmp_path / "tfds"), str(port),
        "2", str(index)],
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                                      "--xla_backend_optimization_level=0"},  # as conftest
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
   single = dataclasses.replace(multihost_worker.config(tmp_path / "single", tmp_path / "tfds", 0),
                                devices=4)  # while the two processes run

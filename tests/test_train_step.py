@@ -39,7 +39,10 @@ def steps(name, weighting_name, optimizer, devices=1, count=6, tasks=NYU, seed=0
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_lowers_the_training_loss(name):
-  losses, state, initial = steps(name, "equal", step_lib.make_optimizer(1e-3, 0))
+  # The models with a network per task (or per task's attention) on two of NYUv2's three tasks:
+  # their step compiles in about two thirds of the time; every task's branch is the same code.
+  tasks = NYU[:2] if name in ("mtan", "dense", "cross_stitch") else NYU
+  losses, state, initial = steps(name, "equal", step_lib.make_optimizer(1e-3, 0), tasks=tasks)
   assert all(np.isfinite(losses))
   assert losses[-1] < 0.99 * losses[0], losses  # a zero or wrong-signed gradient fails
   assert int(state.step) == 6

@@ -259,9 +259,15 @@ class MtanSynthetic(_QuietBuilder):
 def release_config(height: int, width: int, release_root: pathlib.Path) -> ResolutionConfig:
   """The config of one release folder at one resolution: each resolved folder gets its own built
   dataset (`288x384_<folder name>_<hash of its path>`), so two folders live side by side."""
-  key = hashlib.sha256(str(release_root).encode()).hexdigest()[:10]
-  slug = re.sub(r"[^A-Za-z0-9]+", "_", release_root.name).strip("_")[:40] or "root"
-  return ResolutionConfig(name=f"{height}x{width}_{slug}_{key}", height=height, width=width)
+  return ResolutionConfig(name=f"{height}x{width}_{folder_key(release_root)}", height=height,
+                          width=width)
+
+
+def folder_key(root: pathlib.Path) -> str:
+  """`<folder name>_<hash of its path>`: a config name part of its own for each release folder."""
+  key = hashlib.sha256(str(root).encode()).hexdigest()[:10]
+  slug = re.sub(r"[^A-Za-z0-9]+", "_", root.name).strip("_")[:40] or "root"
+  return f"{slug}_{key}"
 
 
 def builder(dataset: str, *, data_dir: str | None = None, release_dir: str | None = None,
@@ -376,6 +382,11 @@ def locate(dataset: str, **kwargs) -> Source:
   b = builder(dataset, **kwargs)
   if kwargs.get("release_dir") is None:
     return Source(b, None, "up to date" if b.is_prepared() else "not built")
+  return locate_release(b)
+
+
+def locate_release(b: tfds.core.DatasetBuilder) -> Source:
+  """`locate` for any builder of a release folder: one with `list_files()` -> ReleaseFiles."""
   listing = b.list_files()
   if not b.is_prepared():
     return Source(b, listing, "not built")
@@ -414,9 +425,28 @@ def _build_lock(b):
 def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
   """`builder(...)`, built if it is not, or rebuilt if its release's files changed since the build
   (see `builder` for the arguments). `say` reports what is built, from where and into where."""
+  if kwargs.get("release_dir") is not None:
+    return prepare_release(lambda: builder(dataset, **kwargs), f"the {dataset} release", say)
   tfds.display_progress_bar(False)  # our own bar counts examples; TFDS' counts shards and bytes
-  with _build_lock(builder(dataset, **kwargs)):
-    source = locate(dataset, **kwargs)  # checked under the lock: another run may have built it
+  b = builder(dataset, **kwargs)
+  with _build_lock(b):
+    if not b.is_prepared():  # checked under the lock: another run may have built it
+      say(f"Building the synthetic {b.builder_config.variant} scenes {b.builder_config.name} into "
+          f"{b.data_dir} (once)")
+      _download_and_prepare(b)
+  return b
+
+
+def prepare_release(make, what: str, say=print,
+                    once: str = "once per release folder and resolution"
+                    ) -> tfds.core.DatasetBuilder:
+  """The builder `make()` of a release folder (one with `list_files()`), built if it is not, or
+  rebuilt if the folder's files changed since the build; the files it was built from recorded in
+  the built dataset (PROVENANCE). `what` names the data and `once` how often it is built, in what
+  `say` reports."""
+  tfds.display_progress_bar(False)  # our own bar counts examples; TFDS' counts shards and bytes
+  with _build_lock(make()):
+    source = locate_release(make())  # checked under the lock: another run may have built it
     if source.status == "up to date":
       return source.builder
     b, listing = source.builder, source.listing
@@ -425,15 +455,9 @@ def prepare(dataset: str, say=print, **kwargs) -> tfds.core.DatasetBuilder:
       more = f"\n  ... and {len(source.changes) - 5} more" if len(source.changes) > 5 else ""
       say(f"The built dataset {b.data_dir} is out of date, rebuilding it:\n  {shown}{more}")
       shutil.rmtree(b.data_dir)
-      b = builder(dataset, **kwargs)
-    if listing is None:
-      say(f"Building the synthetic {b.builder_config.variant} scenes {b.builder_config.name} into "
-          f"{b.data_dir} (once)")
-      _download_and_prepare(b)
-      return b
-    say(f"Building the {dataset} release {listing.root} ({listing.counts_text} examples) into "
-        f"{b.data_dir} "
-        f"(once per release folder and resolution; again if its files change)")
+      b = make()
+    say(f"Building {what} {listing.root} ({listing.counts_text} examples) into {b.data_dir} "
+        f"({once}; again if its files change)")
     _download_and_prepare(b)
     after = b.list_files()
     if after.fingerprint != listing.fingerprint:

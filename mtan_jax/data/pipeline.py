@@ -18,7 +18,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import pathlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -246,12 +246,16 @@ class Loader:
     workers: background threads that read and augment examples (the record reader and numpy release
       the GIL for most of the work); 0 reads in the caller.
     prefetch: batches prepared ahead.
+    transform: applied to every example after `augment` with a generator of its own (drawn from
+      seed, epoch and position as the augmentation's): the Decathlon's crops, flips and
+      normalisation.
   """
 
   def __init__(self, source: Sequence[dict[str, np.ndarray]], *, global_batch_size: int,
                local_devices: int = 1, shuffle: bool = False, seed: int = 0, augment: bool = False,
                drop_remainder: bool = False, depth_power: int = 1, process_index: int = 0,
-               process_count: int = 1, workers: int = 8, prefetch: int = 4):
+               process_count: int = 1, workers: int = 8, prefetch: int = 4,
+               transform: Callable[[dict, np.random.Generator], dict] | None = None):
     shards = local_devices * process_count
     if global_batch_size < 1 or global_batch_size % shards:
       raise ValueError(f"global_batch_size: expected a positive multiple of the {shards} devices "
@@ -266,6 +270,7 @@ class Loader:
     self.augment, self.drop_remainder, self.depth_power = augment, drop_remainder, depth_power
     self.process_index, self.process_count = process_index, process_count
     self.workers, self.prefetch = workers, max(prefetch, 1)
+    self.transform = transform
     self.local_batch_size = global_batch_size // process_count
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self._orders: dict[int, np.ndarray] = {}
@@ -318,6 +323,8 @@ class Loader:
     if self.augment:
       rng = np.random.default_rng([self.seed, epoch, position, 1])
       example = augment_lib.random_scale_crop_flip(example, rng, self.depth_power)
+    if self.transform is not None:
+      example = self.transform(example, np.random.default_rng([self.seed, epoch, position, 2]))
     return example
 
   def _assemble(self, examples: list) -> dict[str, np.ndarray]:

@@ -44,6 +44,14 @@ class DecathlonConfig:
       "only, as that script's comment says), none", defines_run=True,
       choices=("train", "statistics", "none"))
   seed: int = option(0, "parameters, data order, flips", defines_run=True)
+  release_dir: str | None = option(
+      None, "the Decathlon release folder (decathlon-1.0-data, holding the ten datasets' "
+      "folders); none: the built-in synthetic stand-in", defines_run=True, flag="data_dir")
+  data_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets",
+                                flag="tfds_dir")
+  annotations_dir: str | None = option(
+      None, "the devkit's annotation folder (decathlon-1.0/annotations): with it, the test "
+      "predictions are also written as the challenge server's results.json")
   workdir: str = option("runs/decathlon", "run folder")
   resume: bool = option(False, "continue the run in --workdir from its newest intact checkpoint")
   overwrite: bool = option(False, "delete the run already in --workdir and start afresh")

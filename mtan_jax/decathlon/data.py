@@ -1,4 +1,5 @@
-"""Decathlon data in memory: the built-in synthetic stand-in, and batches of one task at a time.
+"""Decathlon data: the built-in synthetic stand-in (in memory), the release (built once, read by
+random access: `build`), and the batches of one task at a time.
 
 The synthetic stand-in has ten small classification tasks of distinct styles and class counts (a
 scaled-down Decathlon: one large task first, a two-class one, three that must not be flipped), so
@@ -6,18 +7,23 @@ scaled-down Decathlon: one large task first, a two-class one, three that must no
 template drawn from its task's style (frequency band, colour or grey, blob or stripe patterns);
 an example is its class template shifted by a few pixels, with random contrast and noise.
 
-A split is `Split(images [N, H, W, 3] uint8, labels [N] int32)`; `batches` makes the global batches
-of one task, normalised with its mean and std, flipped at random in training where the task allows.
+A split is a sequence of examples {"image": [H, W, 3] uint8, "label": int32 (-1: unknown, the
+release's test split), "index": int32 (its file, `TaskData.names`)}; `batches` makes the global
+batches of one task: cropped to `image_size` (at random in training where the task allows, else
+the centre), flipped at random in training where the task allows, normalised with its mean and std.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from mtan_jax import decathlon
+from mtan_jax.data import pipeline
+from mtan_jax.data.pipeline import DataError
+from mtan_jax.decathlon import release
 
 # (name, classes, train, val, test examples, style): a scaled-down Decathlon, task order kept.
 SYNTHETIC = (
@@ -32,18 +38,58 @@ SPLITS = ("train", "val", "test")
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of one task: `images` `[N, H, W, 3]` uint8, `labels` `[N]` int32."""
+  """One split of one task in memory: `images` `[N, H, W, 3]` uint8, `labels` `[N]` int32."""
 
   images: np.ndarray
   labels: np.ndarray
 
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {"image": self.images[i], "label": np.int32(self.labels[i]), "index": np.int32(i)}
+
+
+class SourceSplit(Sequence):
+  """One split of a built release dataset (a TFDS data source), read by random access; a record
+  that cannot be read is named with its split and the built dataset to delete."""
+
+  def __init__(self, source, split: str, folder: str):
+    self.source, self.split, self.folder = source, split, folder
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    try:
+      record = self.source[int(i)]
+    except Exception as error:  # the reader's own errors (hash mismatch, short file...)
+      raise DataError(f"record {i} of the {self.split} split of {self.folder} cannot be read "
+                      f"({type(error).__name__}: {error}); the built dataset is damaged: delete "
+                      f"{self.folder} to rebuild it") from error
+    return {"image": np.asarray(record["image"], np.uint8), "label": np.int32(record["label"]),
+            "index": np.int32(record["index"])}
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
-  """One task's splits and facts: `task` (name, classes, normalisation, flip) and its splits."""
+  """One task's splits and facts.
+
+  Attributes:
+    task: name, classes, normalisation, flip.
+    splits: "train", "val", "test": sequences of examples (`Split` or `SourceSplit`).
+    image_size: the side of the square crops the model sees (72 for the release).
+    names: per split, the file of each example index (relative to the release root, as the
+      challenge's annotation files name them); None for the stand-in.
+    class_folders: the release's class folders (class index -> folder name); None for the
+      stand-in.
+  """
 
   task: decathlon.DecathlonTask
-  splits: dict[str, Split]
+  splits: dict[str, Sequence[dict[str, np.ndarray]]]
+  image_size: int = SYNTHETIC_SIZE
+  names: dict[str, list[str]] | None = None
+  class_folders: tuple[str, ...] | None = None
 
 
 def _template(rng: np.random.Generator, style: str, size: int) -> np.ndarray:
@@ -89,7 +135,7 @@ def synthetic_task(index: int, seed: int = 0, size: int = SYNTHETIC_SIZE,
   task = dataclasses.replace(decathlon.get(name), classes=classes,
                              mean=tuple(float(m) for m in pixels.mean(0)),
                              std=tuple(float(s) for s in pixels.std(0)))
-  return TaskData(task, splits)
+  return TaskData(task, splits, image_size=size)
 
 
 def synthetic(seed: int = 0, size: int = SYNTHETIC_SIZE) -> tuple[TaskData, ...]:
@@ -103,35 +149,66 @@ def normalise(images: np.ndarray, task: decathlon.DecathlonTask) -> np.ndarray:
           / np.float32(task.std)).astype(np.float32)
 
 
-def batches(data: TaskData, split: str, global_batch: int, devices: int, *, train: bool,
-            seed: int = 0, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """The global batches of one task's split, `{"image": [devices, B, H, W, 3] float32, "label":
-  [devices, B] int32, "valid": [devices, B] bool}` with B = global_batch / devices.
+def transform(task: decathlon.DecathlonTask, size: int,
+              train: bool) -> Callable[[dict, np.random.Generator], dict]:
+  """The reference's per-example transform: training crops at random and flips with probability
+  0.5 where the task allows (else the centre crop, as for evaluation), then normalises; the
+  example gets "valid" True (padding examples are all zeros, so False)."""
+  random = train and task.flip
 
-  Training: shuffled by (seed, epoch), flipped at random where the task allows, the last partial
-  batch dropped (every device gets a full share). Evaluation: in order, the last batch padded with
-  invalid examples (`valid` False), so that every example is counted once.
+  def apply(example: dict, rng: np.random.Generator) -> dict:
+    image = example["image"]
+    if image.shape[:2] != (size, size):
+      image = release.crop(image, size, rng if random else None)
+    if random and rng.random() < 0.5:
+      image = image[:, ::-1]
+    return {"image": normalise(image, task), "label": example["label"],
+            "index": example["index"], "valid": np.bool_(True)}
+  return apply
+
+
+def batches(data: TaskData, split: str, global_batch: int, devices: int, *, train: bool,
+            seed: int = 0, epoch: int = 0, workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """The global batches of one task's split, `{"image": [devices, B, S, S, 3] float32, "label":
+  [devices, B] int32, "index": [devices, B] int32, "valid": [devices, B] bool}` with
+  B = global_batch / devices and S = `data.image_size`, read by `workers` threads ahead.
+
+  Training: shuffled by (seed, task, epoch), cropped and flipped at random where the task allows
+  (`transform`), the last partial batch dropped (every device gets a full share; a split smaller
+  than one batch gives none). Evaluation: in
+  order, centre crops, the last batch padded with invalid examples (`valid` False), so that every
+  example is counted once.
   """
   if global_batch % devices:
     raise ValueError(f"batch size: expected a multiple of the {devices} devices, found "
                      f"{global_batch}")
-  images, labels = data.splits[split].images, data.splits[split].labels
-  count = len(labels)
-  rng = np.random.default_rng([seed, epoch, decathlon.NAMES.index(data.task.name)])
-  order = rng.permutation(count) if train else np.arange(count)
-  stop = count - count % global_batch if train else count
-  for start in range(0, stop, global_batch):
-    index = order[start:start + global_batch]
-    image = normalise(images[index], data.task)
-    if train and data.task.flip:
-      flip = rng.random(len(index)) < 0.5
-      image[flip] = image[flip][:, :, ::-1]
-    label, valid = labels[index], np.ones(len(index), bool)
-    pad = global_batch - len(index)
-    if pad:
-      image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), np.float32)])
-      label = np.concatenate([label, np.zeros(pad, np.int32)])
-      valid = np.concatenate([valid, np.zeros(pad, bool)])
-    per_device = global_batch // devices
-    yield {"image": image.reshape(devices, per_device, *image.shape[1:]),
-           "label": label.reshape(devices, per_device), "valid": valid.reshape(devices, per_device)}
+  source = data.splits[split]
+  if train and len(source) < global_batch:
+    return  # not one full batch: nothing to train on
+  task_index = decathlon.NAMES.index(data.task.name)
+  loader = pipeline.Loader(source, global_batch_size=global_batch, local_devices=devices,
+                           shuffle=train, seed=seed * len(decathlon.NAMES) + task_index,
+                           drop_remainder=train, workers=workers,
+                           transform=transform(data.task, data.image_size, train))
+  with loader:
+    yield from loader.epoch(epoch)
+
+
+def release_tasks(release_dir, *, data_dir: str | None = None,
+                  datasets: Sequence[str] = decathlon.NAMES, classes: Sequence[int] | None = None,
+                  say=print, progress: bool = True) -> tuple[TaskData, ...]:
+  """The datasets of the release in `release_dir` (decathlon-1.0-data; default all ten, in the
+  Decathlon's order), each built once into `data_dir` (TFDS' default when None; see `build`) and
+  read from there. `classes`: the class folders expected per dataset (default: its own count)."""
+  from mtan_jax.decathlon import build  # pylint: disable=import-outside-toplevel
+  tasks = []
+  for k, name in enumerate(datasets):
+    task = decathlon.get(name)
+    if classes is not None:
+      task = dataclasses.replace(task, classes=int(classes[k]))
+    built = build.prepare(task.name, release_dir, data_dir=data_dir, classes=task.classes,
+                          say=say, progress=progress)
+    splits = {split: SourceSplit(source, split, built.folder)
+              for split, source in built.sources.items()}
+    tasks.append(TaskData(task, splits, decathlon.IMAGE_SIZE, built.files, built.classes))
+  return tuple(tasks)

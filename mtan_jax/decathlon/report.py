@@ -1,5 +1,7 @@
 """The Decathlon table of `mtan-report`: each run's test top-1 accuracy per dataset, their mean
-and (for the real datasets) the challenge's score, with the paper's rows beside (`--paper`)."""
+and (for the real datasets) the challenge's score, with the paper's rows beside (`--paper`). The
+release's test labels are the challenge server's: a run on it shows its validation accuracy and
+score, marked so (its test score comes from the server, from results.json)."""
 
 from __future__ import annotations
 
@@ -57,11 +59,14 @@ def table(run_dirs: Sequence, paper: bool = False, warn=print) -> str:
     except (OSError, ValueError) as error:
       warn(f"warning: skipping {path}: no readable summary.json (still training?) ({error})")
       continue
-    test = summary["test"]
-    cells = [f"{100 * test[n]['accuracy']:.2f}" if n in test else "-" for n in decathlon.NAMES]
+    split = summary.get("accuracy_split", "test")
+    accuracy = summary.get(split, {})
+    cells = [f"{100 * accuracy[n]['accuracy']:.2f}" if n in accuracy else "-"
+             for n in decathlon.NAMES]
     score = f"{summary['score']:.0f}" if "score" in summary else "- (stand-in)"
-    lines.append(f"| {path} | " + " | ".join(cells)
-                 + f" | {100 * summary['mean_accuracy']:.2f} | {score} |")
+    mean = f"{100 * summary['mean_accuracy']:.2f}" if "mean_accuracy" in summary else "-"
+    label = f"{path} (validation)" if split == "validation" else str(path)
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {score} |")
     count += 1
   if paper:
     for model, accuracy, mean, score in paper_rows():

@@ -25,11 +25,13 @@ import numpy as np
 import optax
 
 from mtan_jax import checkpoint as checkpoint_lib
+from mtan_jax import decathlon
 from mtan_jax import rundir
 from mtan_jax import runlog
 from mtan_jax import schema
 from mtan_jax import train_step as step_lib
 from mtan_jax.decathlon import data as data_lib
+from mtan_jax.decathlon import results as results_lib
 from mtan_jax.decathlon import score as score_lib
 from mtan_jax.decathlon.config import DecathlonConfig
 from mtan_jax.models import wrn
@@ -94,9 +96,11 @@ def create_state(model: wrn.WideResNetMTAN, optimizer, image_size: int, seed: in
 
 
 def _sums(probabilities, label, valid):
-  """(sum of -log(p_label + 1e-20), correct predictions, examples) over the valid examples: the
-  reference's loss (one-hot cross-entropy of the softmax output) and top-1 accuracy."""
-  valid = valid.astype(jnp.float32)
+  """(sum of -log(p_label + 1e-20), correct predictions, examples) over the valid examples with a
+  known label (>= 0; the release's test labels are -1): the reference's loss (one-hot
+  cross-entropy of the softmax output) and top-1 accuracy."""
+  valid = (valid & (label >= 0)).astype(jnp.float32)
+  label = jnp.maximum(label, 0)
   picked = jnp.take_along_axis(probabilities, label[:, None], axis=1)[:, 0]
   nll = -jnp.log(picked + 1e-20)
   correct = (jnp.argmax(probabilities, axis=1) == label).astype(jnp.float32)
@@ -208,6 +212,7 @@ def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, 
   for split in splits:
     for batch in data_lib.batches(task_data, split, config.batch_size, devices, train=True,
                                   seed=config.seed, epoch=epoch):
+      batch = {n: batch[n] for n in ("image", "label", "valid")}
       replicated, out = steps.train(k)(replicated, batch, lr_array)
       loss += _first(out["loss_sum"])
       correct += _first(out["correct"])
@@ -220,20 +225,23 @@ def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, 
 
 
 def evaluate(replicated, steps: Steps, task_data: data_lib.TaskData, k: int, split: str,
-             batch_size: int) -> tuple[dict[str, float], np.ndarray]:
-  """({"loss", "accuracy"} of task `k` on `split`, the predicted class of every example)."""
+             batch_size: int) -> tuple[dict[str, float], dict[int, int]]:
+  """({"loss", "accuracy"} of task `k` on `split`'s labelled examples (none in the release's
+  test split: then {}), {example index: predicted class} of every example)."""
   devices = len(steps.devices)
   batch_size = -(-batch_size // devices) * devices
   loss = correct = count = 0.0
-  predicted = []
+  predicted = {}
   for batch in data_lib.batches(task_data, split, batch_size, devices, train=False):
-    out = steps.eval(k)(replicated, batch)
+    out = steps.eval(k)(replicated, {n: batch[n] for n in ("image", "label", "valid")})
     loss += _first(out["loss_sum"])
     correct += _first(out["correct"])
     count += _first(out["count"])
-    predicted.append(np.asarray(out["predicted"]).reshape(-1)[batch["valid"].reshape(-1)])
-  return ({"loss": loss / max(count, 1), "accuracy": correct / max(count, 1)},
-          np.concatenate(predicted) if predicted else np.zeros(0, np.int32))
+    valid = batch["valid"].reshape(-1)
+    predicted.update(zip(batch["index"].reshape(-1)[valid].tolist(),
+                         np.asarray(out["predicted"]).reshape(-1)[valid].tolist()))
+  metrics = {"loss": loss / count, "accuracy": correct / count} if count else {}
+  return metrics, predicted
 
 
 def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
@@ -248,7 +256,7 @@ def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
     for split in ("train", "val"):
       for batch in data_lib.batches(task_data, split, config.batch_size, len(steps.devices),
                                     train=True, seed=config.seed, epoch=config.epochs):
-        replicated = steps.statistics(k)(replicated, batch)
+        replicated = steps.statistics(k)(replicated, {"image": batch["image"]})
   return replicated
 
 
@@ -261,13 +269,13 @@ def _claim_run_folder(config: DecathlonConfig) -> None:
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
 
 
-def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print,
-        real: bool = False) -> dict[str, Any]:
+def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print) -> dict[str, Any]:
   """Trains `config.epochs` epochs over `tasks` (the ten, in the Decathlon's order), evaluating
   each trained task on its validation split after every epoch (mode "eval"), checkpointing every
-  epoch; then evaluates every task on its test split. Returns the summary (also summary.json):
-  {"test": {task: {"loss", "accuracy"}}, "mean_accuracy", and with `real` (the ten Decathlon
-  datasets, not a stand-in) "score" and "score_by_task"}."""
+  epoch; then predicts every task's test split after its settling epoch. Returns the summary
+  (also summary.json, see `_test`); with the release (tasks with file names), the predictions go
+  into test_predictions.json and, given `config.annotations_dir`, the challenge server's
+  results.json."""
   config.validate()
   problem = rundir.start_problem(config.workdir, config.resume, config.overwrite)
   if problem:  # before creating the folder
@@ -277,10 +285,15 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
   if config.batch_size % len(devices):
     raise DecathlonRunError(f"--batch_size: expected a multiple of the {len(devices)} devices, "
                             f"found {config.batch_size}")
+  small = [f"{t.task.name} ({len(t.splits['train'])})" for t in tasks
+           if len(t.splits["train"]) < config.batch_size]
+  if small:  # training drops partial batches: such a task would never be trained
+    raise DecathlonRunError(f"--batch_size {config.batch_size}: the training split of "
+                            f"{', '.join(small)} examples is smaller than one batch")
   classes = tuple(t.task.classes for t in tasks)
   model = wrn.WideResNetMTAN(classes, config.depth, config.widen_factor, bn_axis_name=AXIS)
   optimizer = make_optimizer(config.weight_decay)
-  size = tasks[0].splits["train"].images.shape[1]
+  size = tasks[0].image_size
   with rundir.RunFolderLock(workdir):
     _claim_run_folder(config)
     checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
@@ -327,30 +340,62 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
     finally:
       checkpoints.close()
       first_task_state.close()
-    summary = _test(replicated, first, steps, tasks, config, real)
+    summary, predictions = _test(replicated, first, steps, tasks, config)
+    if predictions:
+      results_lib.save_predictions(workdir, predictions,
+                                   {t.task.name: t.class_folders for t in tasks})
+      summary["test_predictions"] = results_lib.PREDICTIONS
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if predictions and config.annotations_dir:
+      try:
+        count = results_lib.write_run_results(workdir, config.annotations_dir)
+        say(f"The challenge server's results file: {workdir / results_lib.RESULTS} ({count} "
+            f"test images)")
+      except results_lib.ResultsError as error:  # the run is complete; the file can be made later
+        say(f"warning: no {results_lib.RESULTS}: {error}; make it with python -m "
+            f"mtan_jax.decathlon.results {workdir} --annotations_dir=DIR")
   return summary
 
 
-def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig,
-          real: bool) -> dict[str, Any]:
-  """Every task on its test split after its settling epoch, in task order on one evolving state
-  as the reference's evaluation script; the first task from its own final state (`first`, the
-  state when it was dropped) when it was dropped. The Decathlon score for the real datasets."""
-  test = {}
+def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig
+          ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+  """The end of a run, as the reference's evaluation script: every task on its test split after its
+  settling epoch, in task order on one evolving state; the first task from its own final state
+  (`first`, the state when it was dropped) when it was dropped. Before that (mode "eval"), every
+  task on its validation split with the trained state.
+
+  Returns the summary {"test": {task: {"loss", "accuracy"}} (tasks with test labels: the stand-in),
+  "validation": the same on the validation splits (mode "eval"), "accuracy_split": which of the two
+  "mean_accuracy" and, for the release, "score" and "score_by_task" are of (test when every task
+  has test labels)} and the test predictions {dataset: {file: class index}} of the release's tasks.
+  """
+  test, validation, predictions = {}, {}, {}
+  if config.mode == "eval":
+    for k, t in enumerate(tasks):
+      state = first if k == 0 and first is not None else replicated
+      validation[t.task.name] = evaluate(state, steps, t, k, "val", config.batch_size)[0]
   for k, t in enumerate(tasks):
     if k == 0 and first is not None:
       settled = settle(first, steps, t, 0, config)
-      test[t.task.name] = evaluate(settled, steps, t, 0, "test", config.batch_size)[0]
-      continue
-    replicated = settle(replicated, steps, t, k, config)
-    test[t.task.name] = evaluate(replicated, steps, t, k, "test", config.batch_size)[0]
-  mean = float(np.mean([v["accuracy"] for v in test.values()]))
-  summary: dict[str, Any] = {"test": test, "mean_accuracy": mean}
-  if real:
-    total, shares = score_lib.decathlon_score({n: v["accuracy"] for n, v in test.items()})
-    summary.update(score=total, score_by_task=shares)
-  return summary
+    else:
+      settled = replicated = settle(replicated, steps, t, k, config)
+    metrics, predicted = evaluate(settled, steps, t, k, "test", config.batch_size)
+    if metrics:
+      test[t.task.name] = metrics
+    if t.names is not None:
+      names = t.names["test"]
+      predictions[t.task.name] = {names[i]: c for i, c in sorted(predicted.items())}
+  summary: dict[str, Any] = {"test": test, "validation": validation}
+  split = "test" if len(test) == len(tasks) else "validation"
+  chosen = test if split == "test" else validation
+  if len(chosen) == len(tasks):
+    summary["accuracy_split"] = split
+    summary["mean_accuracy"] = float(np.mean([v["accuracy"] for v in chosen.values()]))
+    if ([t.task.name for t in tasks] == list(decathlon.NAMES)
+        and all(t.names is not None for t in tasks)):  # the ten datasets of the release
+      total, shares = score_lib.decathlon_score({n: v["accuracy"] for n, v in chosen.items()})
+      summary.update(score=total, score_by_task=shares)
+  return summary, predictions
 
 
 def _format_epoch(record: dict[str, Any]) -> str:
