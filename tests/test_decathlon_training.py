@@ -178,3 +178,23 @@ def test_a_run_resumes_exactly_across_the_drop_of_the_first_task(tmp_path):
     train_lib.run(dataclasses.replace(config, resume=True, overwrite=True), tasks)
   with pytest.raises(train_lib.DecathlonRunError, match="another configuration:\n  lr: "):
     train_lib.run(dataclasses.replace(config, resume=True, lr=0.5), tasks)
+
+
+def test_the_validation_score_in_each_epochs_record():
+  """The latest validation accuracy of every task (the dropped first task keeps its last one),
+  scored once all ten have one, and only for the release's datasets."""
+  from mtan_jax import decathlon
+  from mtan_jax.decathlon import score as score_lib
+  records = [{"validation": {n: {"accuracy": 0.5} for n in decathlon.NAMES}},
+             {"validation": {n: {"accuracy": 0.9} for n in decathlon.NAMES[1:]}}]
+  latest = train_lib.latest_validation(records)
+  assert latest["imagenet12"] == 0.5 and latest["svhn"] == 0.9
+  # Hand-worked: svhn's baseline accuracy 0.9655, so E_max = 0.069 and 1000 (1 - 0.1 / 0.069)^2
+  # is 0 (an error beyond twice the baseline's); imagenet12 at 0.5: 1000 (1 - 0.5 / 0.8026)^2.
+  expected = sum(score_lib.dataset_score(n, latest[n]) for n in decathlon.NAMES)
+  assert score_lib.dataset_score("imagenet12", 0.5) == pytest.approx(1000 * (1 - 0.5 / 0.8026) ** 2)
+  assert score_lib.dataset_score("svhn", 0.9) == 0.0
+  assert train_lib.validation_score(latest, decathlon.NAMES, True) == pytest.approx(expected)
+  assert train_lib.validation_score(latest, decathlon.NAMES, False) is None  # a stand-in
+  partial = train_lib.latest_validation(records[1:])
+  assert train_lib.validation_score(partial, decathlon.NAMES, True) is None

@@ -260,6 +260,29 @@ def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
   return replicated
 
 
+def is_release(tasks) -> bool:
+  """Whether `tasks` are the ten datasets of the release (their score means something)."""
+  return ([t.task.name for t in tasks] == list(decathlon.NAMES)
+          and all(t.names is not None for t in tasks))
+
+
+def latest_validation(records, latest: dict[str, float] | None = None) -> dict[str, float]:
+  """{task: its validation accuracy in the last of `records` that has one}, over `latest`."""
+  latest = dict(latest or {})
+  for record in records:
+    latest.update({name: v["accuracy"] for name, v in record.get("validation", {}).items()})
+  return latest
+
+
+def validation_score(latest: dict[str, float], names, release: bool) -> float | None:
+  """The Decathlon score of the tasks' latest validation accuracies, for the release's ten
+  datasets once each has one (the first task keeps its accuracy from before it was dropped);
+  None otherwise."""
+  if not release or any(name not in latest for name in names):
+    return None
+  return score_lib.decathlon_score({name: latest[name] for name in names})[0]
+
+
 def _claim_run_folder(config: DecathlonConfig) -> None:
   """The run folder policy of the dense runs (`rundir.claim`); config.json written by a new run."""
   workdir = pathlib.Path(config.workdir)
@@ -305,6 +328,7 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
         state = restored[1]
       start = int(state.epoch)
       log = runlog.RunLog(workdir, first_epoch=start)
+      latest = latest_validation(runlog.read_records(workdir))  # the epochs kept, on a resume
       steps = Steps(model, optimizer, devices)
       replicated = step_lib.replicate(state, devices, devices)
       splits = ("train", "val") if config.mode == "all" else ("train",)
@@ -321,6 +345,10 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print
           if config.mode == "eval":
             record["validation"][name] = evaluate(replicated, steps, tasks[k], k, "val",
                                                   config.batch_size)[0]
+        latest = latest_validation([record], latest)
+        score = validation_score(latest, [t.task.name for t in tasks], is_release(tasks))
+        if score is not None:
+          record["validation_score"] = score
         replicated = replicated.replace(epoch=replicated.epoch + 1)
         record["seconds"] = time.perf_counter() - began
         log.epoch(record)
@@ -391,15 +419,16 @@ def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig
   if len(chosen) == len(tasks):
     summary["accuracy_split"] = split
     summary["mean_accuracy"] = float(np.mean([v["accuracy"] for v in chosen.values()]))
-    if ([t.task.name for t in tasks] == list(decathlon.NAMES)
-        and all(t.names is not None for t in tasks)):  # the ten datasets of the release
+    if is_release(tasks):
       total, shares = score_lib.decathlon_score({n: v["accuracy"] for n, v in chosen.items()})
       summary.update(score=total, score_by_task=shares)
   return summary, predictions
 
 
 def _format_epoch(record: dict[str, Any]) -> str:
-  parts = [f"epoch {record['epoch']:4d}  lr {record['lr']:.4g}  {record['seconds']:.0f} s"]
+  parts = [f"epoch {record['epoch']:4d}  lr {record['lr']:.4g}  {record['seconds']:.0f} s"
+           + (f"  validation score {record['validation_score']:.0f}"
+              if "validation_score" in record else "")]
   for name, train in record["train"].items():
     val = record["validation"].get(name)
     parts.append(f"  {name:14s} train loss {train['loss']:.3f} acc {train['accuracy']:.3f}"
