@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mtan_jax import rundir
+
 CHECKSUMS = "mtan_checksums.json"  # in each checkpoint folder: {relative path: [size, sha256]}
 DAMAGED = "checkpoints_damaged"  # beside the checkpoints folder: damaged checkpoints moved aside
 
@@ -133,9 +135,7 @@ class Checkpointer:
       return
     sums = {str(p.relative_to(folder)): [p.stat().st_size, _sha256(p)]
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
-    temporary = folder / (CHECKSUMS + ".tmp")
-    temporary.write_text(json.dumps(sums, indent=0))
-    temporary.replace(folder / CHECKSUMS)
+    rundir.write_text_atomically(folder / CHECKSUMS, json.dumps(sums, indent=0))
 
   def latest(self) -> int | None:
     return self.manager.latest_step()

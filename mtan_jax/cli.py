@@ -115,10 +115,7 @@ def parse(argv: list[str] | None, dataset: str,
   values: dict = {**(QUICK_PRESET if synthetic else {}), "data.dataset": dataset}
   by_flag = {o.flag: o for o in schema.options(config_cls) if o.flag is not None}
   values.update({by_flag[k].path: v for k, v in given.items() if k in by_flag})
-  if values.get("data.release_dir") is not None:
-    # The folder as an absolute path: the run's record names it whatever the working directory.
-    values["data.release_dir"] = str(pathlib.Path(values["data.release_dir"]).expanduser()
-                                     .resolve())
+  values["data.release_dir"] = absolute_folder(values.get("data.release_dir"))
   values.setdefault("workdir", str(pathlib.Path("runs") / (
       f"{dataset}{'_synthetic' if synthetic else ''}_{values.get('model', 'mtan')}_"
       f"{values.get('weighting', 'equal')}_seed{values.get('seed', 0)}")))
@@ -131,6 +128,12 @@ def parse(argv: list[str] | None, dataset: str,
   train = {k: v for k, v in values.items()
            if k in {f.name for f in dataclasses.fields(config_cls)} and k != "data"}
   return config_cls(data=DataConfig(**data), **train), args
+
+
+def absolute_folder(path: str | None) -> str | None:
+  """A folder given on the command line as an absolute path: the run's record names it whatever
+  the working directory (None stays None)."""
+  return None if path is None else str(pathlib.Path(path).expanduser().resolve())
 
 
 def enable_compilation_cache(folder: str | None) -> None:

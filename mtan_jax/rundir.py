@@ -26,6 +26,15 @@ RUN_FILES = ("checkpoints", "checkpoints_damaged", "tensorboard", "metrics.jsonl
 RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints")
 
 
+def write_text_atomically(path, text: str) -> None:
+  """Writes `text` into `<path>.tmp`, then renames it to `path`: a process killed meanwhile
+  leaves the old file or the new one, never a part of either."""
+  path = pathlib.Path(path)
+  temporary = path.with_name(path.name + ".tmp")
+  temporary.write_text(text)
+  temporary.replace(path)
+
+
 class RunFolderError(RuntimeError):
   """A run folder that cannot be used as asked: in use, not writable, holding another run."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mtan_jax import metrics as metrics_lib
+from mtan_jax import rundir
 
 LAST_EPOCHS = 10  # the paper reports the mean of the last 10 epochs
 DROPPED = "metrics_dropped.jsonl"  # lines metrics.jsonl lost on a resume (epochs redone)
@@ -62,9 +63,7 @@ class RunLog:
       return
     with open(self.workdir / DROPPED, "a") as f:
       f.write("".join(line + "\n" for line in dropped))
-    temporary = path.with_suffix(".jsonl.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    temporary.replace(path)  # atomic: a kill now leaves the old file or the new one
+    rundir.write_text_atomically(path, "".join(line + "\n" for line in kept))
 
   def epoch(self, record: dict[str, Any]) -> None:
     """Appends one epoch: {"epoch", "seconds", "lr", "weights", "train", "test", ...}."""

@@ -112,7 +112,7 @@ def test_a_dataset_is_built_once_and_read_back_as_its_files(small_release, tmp_p
   assert {k: len(v) for k, v in built.sources.items()} == {"train": 6, "val": 2, "test": 3}
   for split in ("train", "test"):
     for record in (built.sources[split][i] for i in range(len(built.sources[split]))):
-      name = built.names(split)[record["index"]]
+      name = built.files[split][record["index"]]
       expected = np.asarray(Image.open(small_release / name).convert("RGB"))
       np.testing.assert_array_equal(record["image"], expected)
       assert record["label"] == (-1 if split == "test" else FOLDERS.index(name.split("/")[2]))

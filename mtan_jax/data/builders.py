@@ -32,6 +32,7 @@ import tqdm
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from mtan_jax import datasets as datasets_lib
+from mtan_jax import rundir
 from mtan_jax.data import cityscapes
 from mtan_jax.data import release
 from mtan_jax.data import synthetic
@@ -467,7 +468,5 @@ def prepare_release(make, what: str, say=print,
                                  f"{'; '.join(changes[:3])}); nothing was kept: run again")
     record = {"release_dir": str(listing.root), "fingerprint": listing.fingerprint,
               "counts": listing.counts, "files": listing.files}
-    temporary = pathlib.Path(b.data_dir) / (PROVENANCE + ".tmp")
-    temporary.write_text(json.dumps(record))
-    temporary.replace(pathlib.Path(b.data_dir) / PROVENANCE)
+    rundir.write_text_atomically(pathlib.Path(b.data_dir) / PROVENANCE, json.dumps(record))
   return b

@@ -104,11 +104,7 @@ class BuiltDataset:
   folder: str
   classes: tuple[str, ...]
   sources: dict
-  files: dict[str, list[str]]
-
-  def names(self, split: str) -> list[str]:
-    """The split's file names (relative to the release root), by example index."""
-    return self.files[split]
+  files: dict[str, list[str]]  # per split, the file names (relative to the release root)
 
 
 def prepare(dataset: str, release_dir, *, data_dir: str | None = None, classes: int | None = None,

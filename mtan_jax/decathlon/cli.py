@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import pathlib
 import signal
 import sys
 import threading
@@ -29,11 +28,6 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def _absolute(path: str | None) -> str | None:
-  """A folder as an absolute path: the run's record names it whatever the working directory."""
-  return None if path is None else str(pathlib.Path(path).expanduser().resolve())
-
-
 def parse(argv: list[str] | None) -> tuple[DecathlonConfig, argparse.Namespace]:
   args = parser().parse_args(argv)
   given = {k: v for k, v in vars(args).items() if v is not None and k != "compilation_cache"}
@@ -42,7 +36,7 @@ def parse(argv: list[str] | None) -> tuple[DecathlonConfig, argparse.Namespace]:
   synthetic = given.get("release_dir") is None
   values = {**(QUICK_PRESET if synthetic else {}), **given}
   for folder in ("release_dir", "annotations_dir"):
-    values[folder] = _absolute(values.get(folder))
+    values[folder] = dense_cli.absolute_folder(values.get(folder))
   values.setdefault("workdir", f"runs/decathlon{'_synthetic' if synthetic else ''}_seed"
                                f"{values.get('seed', 0)}")
   names = {f.name for f in dataclasses.fields(DecathlonConfig)}

@@ -52,11 +52,6 @@ class DatasetFiles:
   classes: tuple[str, ...]
   examples: dict[str, tuple[tuple[str, int], ...]]
 
-  @property
-  def root(self) -> pathlib.Path:
-    """The release root (the folder holding the ten datasets' folders)."""
-    return self.listing.root.parent
-
 
 def _images_below(folder: pathlib.Path) -> list[pathlib.Path]:
   """Every image file below `folder` (symbolic links followed), in sorted order."""

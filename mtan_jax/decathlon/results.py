@@ -15,6 +15,8 @@ import json
 import pathlib
 from typing import Mapping, Sequence
 
+from mtan_jax import rundir
+
 PREFIX = "data/"
 PREDICTIONS = "test_predictions.json"  # in a run folder: the test predictions and class folders
 RESULTS = "results.json"  # in a run folder: the server's file made from them
@@ -116,9 +118,7 @@ def save_predictions(workdir, predictions: Mapping[str, Mapping[str, int]],
   """A run's test predictions and the class folders they index, into `workdir/PREDICTIONS`."""
   content = {"predictions": predictions,
              "class_folders": {k: list(v) for k, v in class_folders.items() if v is not None}}
-  temporary = pathlib.Path(workdir) / (PREDICTIONS + ".tmp")
-  temporary.write_text(json.dumps(content) + "\n")
-  temporary.replace(pathlib.Path(workdir) / PREDICTIONS)
+  rundir.write_text_atomically(pathlib.Path(workdir) / PREDICTIONS, json.dumps(content) + "\n")
 
 
 def write_run_results(workdir, annotations_dir) -> int:

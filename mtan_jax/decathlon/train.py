@@ -203,6 +203,11 @@ def _first(x) -> float:
   return float(step_lib.unreplicate(x))
 
 
+def _step_inputs(batch: dict) -> dict:
+  """What a step reads of a batch (its "index" stays on the host, for the predictions' files)."""
+  return {n: batch[n] for n in ("image", "label", "valid")}
+
+
 def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
                         splits: tuple[str, ...], config: DecathlonConfig, epoch: int, lr: float):
   """Trains task `k` on `splits` of its data; returns the state and {"loss", "accuracy"}."""
@@ -212,8 +217,7 @@ def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, 
   for split in splits:
     for batch in data_lib.batches(task_data, split, config.batch_size, devices, train=True,
                                   seed=config.seed, epoch=epoch):
-      batch = {n: batch[n] for n in ("image", "label", "valid")}
-      replicated, out = steps.train(k)(replicated, batch, lr_array)
+      replicated, out = steps.train(k)(replicated, _step_inputs(batch), lr_array)
       loss += _first(out["loss_sum"])
       correct += _first(out["correct"])
       count += _first(out["count"])
@@ -233,7 +237,7 @@ def evaluate(replicated, steps: Steps, task_data: data_lib.TaskData, k: int, spl
   loss = correct = count = 0.0
   predicted = {}
   for batch in data_lib.batches(task_data, split, batch_size, devices, train=False):
-    out = steps.eval(k)(replicated, {n: batch[n] for n in ("image", "label", "valid")})
+    out = steps.eval(k)(replicated, _step_inputs(batch))
     loss += _first(out["loss_sum"])
     correct += _first(out["correct"])
     count += _first(out["count"])
