@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import train_step as bench  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
+from mtan_jax import xla_cpu  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -189,4 +190,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

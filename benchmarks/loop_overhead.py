@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mtan_jax import tasks as tasks_lib  # noqa: E402
+from mtan_jax import xla_cpu  # noqa: E402
 from mtan_jax import train  # noqa: E402
 from mtan_jax import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
@@ -87,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

@@ -40,6 +40,7 @@ import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402  (benchmarks/train_step.py)
 from mtan_jax import tasks as tasks_lib  # noqa: E402
+from mtan_jax import xla_cpu  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
 from mtan_jax.models import MODEL_NAMES  # noqa: E402
 
@@ -282,4 +283,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

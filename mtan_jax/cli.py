@@ -20,6 +20,7 @@ import typing
 from mtan_jax import datasets as datasets_lib
 from mtan_jax import schema
 from mtan_jax import weighting as weighting_lib
+from mtan_jax import xla_cpu
 from mtan_jax.config import TrainConfig
 from mtan_jax.data.pipeline import DataConfig
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None, dataset: str) -> dict:
   Every error a user can cause (a flag out of range, missing or damaged data, a run folder in use
   or not writable, a refused resume, a full disk, Ctrl-C before training) is said in one message
   on stderr, exit status 1 (130 for Ctrl-C); programming errors keep their traceback."""
+  xla_cpu.configure()  # before JAX starts
   # pylint: disable=import-outside-toplevel
   from mtan_jax import checkpoint, rundir, train
   from mtan_jax.config import ConfigError

@@ -15,6 +15,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
+# The CPU option training runs with (mtan_jax/xla_cpu.py), so that the tests compute as runs do;
+# the processes the tests start inherit it.
+from mtan_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()
+
 import gc  # noqa: E402
 import pathlib  # noqa: E402
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mtan_jax import train
+from mtan_jax import xla_cpu
 from tests.test_train import ROOT
 
 pytestmark = pytest.mark.slow  # starts two training processes
@@ -28,11 +29,12 @@ def test_two_processes_train_like_one(tmp_path):
   from tests import multihost_worker  # pylint: disable=import-outside-toplevel
   worker = ROOT / "tests" / "multihost_worker.py"
   port = free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                                   "--xla_backend_optimization_level=0"}  # as conftest
+  xla_cpu.configure(env)
   processes = [subprocess.Popen(
       [sys.executable, str(worker), str(tmp_path / "multi"), str(tmp_path / "tfds"), str(port),
-       "2", str(index)],
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
-                                      "--xla_backend_optimization_level=0"},  # as conftest
+       "2", str(index)], env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
   single = dataclasses.replace(multihost_worker.config(tmp_path / "single", tmp_path / "tfds", 0),
                                devices=4)  # while the two processes run

@@ -12,6 +12,7 @@ import threading
 
 from mtan_jax import cli as dense_cli
 from mtan_jax import schema
+from mtan_jax import xla_cpu
 from mtan_jax.decathlon.config import QUICK_PRESET, DecathlonConfig
 
 
@@ -45,6 +46,7 @@ def parse(argv: list[str] | None) -> tuple[DecathlonConfig, argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> dict:
   """Parses, checks, says what it trains on, runs; user errors as one line, exit status 1."""
+  xla_cpu.configure()  # before JAX starts
   # pylint: disable=import-outside-toplevel
   from mtan_jax import checkpoint, rundir
   from mtan_jax.data import DataError, ReleaseError

@@ -4,8 +4,7 @@
   running variance updated with the *unbiased* batch variance), optionally with statistics over a
   named device axis so that the result does not depend on how the batch is split over devices.
 - `PointwiseConv`: a 1x1 conv (nn.Conv's parameters) computed as a matrix product.
-- `ConvBlock`: 3x3 conv (with bias, as every reference conv) + BatchNorm + ReLU; its kernel
-  gradient by matrix products on a CPU (`conv.py`).
+- `ConvBlock`: 3x3 conv (with bias, as every reference conv) + BatchNorm + ReLU.
 - `AttentionMask`: MTAN's g and h: 1x1 conv + BN + ReLU, then 1x1 conv + BN + sigmoid.
 - `PredictionHead`: 3x3 conv + 1x1 conv, nothing between them (as the reference).
 - `task_output`: the task activations: log-softmax, identity, L2 normalisation.
@@ -23,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from mtan_jax import tasks as tasks_lib
-from mtan_jax.models import conv as conv_lib
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -154,8 +152,7 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=self.kernel_init,
-                bias_init=self.bias_init(9 * x.shape[-1]),
-                conv_general_dilated=conv_lib.conv_general_dilated, name="conv")(x)
+                bias_init=self.bias_init(9 * x.shape[-1]), name="conv")(x)
     x = BatchNorm(dtype=self.dtype, axis_name=self.bn_axis_name, name="bn")(x, train)
     return nn.relu(x)
 
@@ -233,8 +230,7 @@ class PredictionHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=self.kernel_init,
-                conv_general_dilated=conv_lib.conv_general_dilated, name="conv_3x3")(x)
+                param_dtype=jnp.float32, kernel_init=self.kernel_init, name="conv_3x3")(x)
     return PointwiseConv(self.channels, jnp.float32, self.kernel_init, name="conv_1x1")(x)
 
 

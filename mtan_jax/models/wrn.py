@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtan_jax.models import conv as conv_lib
 from mtan_jax.models import layers
 from mtan_jax.models import pooling
 
@@ -36,8 +35,7 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str, fan_in: int
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=layers.torch_default_kernel,
-                 bias_init=layers.torch_default_bias(fan_in),
-                 conv_general_dilated=conv_lib.conv_general_dilated, name=name)
+                 bias_init=layers.torch_default_bias(fan_in), name=name)
 
 
 class WideBasic(nn.Module):
