@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtan_jax import huge_pages  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import xla_cpu  # noqa: E402
 from mtan_jax import train  # noqa: E402
@@ -88,5 +89,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()  # as training runs (mtan_jax/huge_pages.py)
   xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402  (benchmarks/train_step.py)
+from mtan_jax import huge_pages  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import xla_cpu  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
@@ -283,5 +284,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()  # as training runs (mtan_jax/huge_pages.py)
   xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

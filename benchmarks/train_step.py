@@ -49,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtan_jax import huge_pages  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import xla_cpu  # noqa: E402
 from mtan_jax import train_step as step_lib  # noqa: E402
@@ -264,5 +265,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()  # as training runs (mtan_jax/huge_pages.py)
   xla_cpu.configure()  # before JAX starts: the CPU option training runs with
   main()

@@ -14,7 +14,9 @@ import sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtan_jax.decathlon import cli  # noqa: E402
+from mtan_jax import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
+  huge_pages.restart_with_huge_pages()  # first: the restart repeats what came before
+  from mtan_jax.decathlon import cli
   cli.main(sys.argv[1:])

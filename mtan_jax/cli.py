@@ -18,6 +18,7 @@ import types
 import typing
 
 from mtan_jax import datasets as datasets_lib
+from mtan_jax import huge_pages
 from mtan_jax import schema
 from mtan_jax import weighting as weighting_lib
 from mtan_jax import xla_cpu
@@ -205,9 +206,11 @@ def draw_curves(workdir) -> None:
 
 def train_nyuv2() -> None:
   """The console script `mtan-train-nyuv2` (as experiments/nyuv2.py)."""
+  huge_pages.restart_with_huge_pages()
   main(sys.argv[1:], "nyuv2")
 
 
 def train_cityscapes() -> None:
   """The console script `mtan-train-cityscapes` (as experiments/cityscapes.py)."""
+  huge_pages.restart_with_huge_pages()
   main(sys.argv[1:], "cityscapes")

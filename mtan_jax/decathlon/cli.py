@@ -11,6 +11,7 @@ import sys
 import threading
 
 from mtan_jax import cli as dense_cli
+from mtan_jax import huge_pages
 from mtan_jax import schema
 from mtan_jax import xla_cpu
 from mtan_jax.decathlon.config import QUICK_PRESET, DecathlonConfig
@@ -99,5 +100,6 @@ def _say_summary(summary: dict, config: DecathlonConfig) -> None:
 
 
 def command() -> None:
-  """The console script."""
+  """The console script `mtan-train-decathlon` (as experiments/decathlon.py)."""
+  huge_pages.restart_with_huge_pages()
   main()
