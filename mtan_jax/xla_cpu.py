@@ -16,7 +16,7 @@ call it first. A user's own setting of the option in `XLA_FLAGS` is left as it i
 XLA's default, run with `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`.
 An option XLA does not know stops the process at start, so it is set only for the jaxlib
 versions whose XLA is known to have it (`KNOWN_JAXLIB`: checked in the 0.10.0, 0.10.2, 0.11.2
-and 0.12.0.1 wheels).
+and 0.12.0.1 wheels, and in the CUDA 12 plugin 0.11.2, whose XLA reads `XLA_FLAGS` too).
 """
 
 from __future__ import annotations
