@@ -28,7 +28,7 @@ ours / reference (below 1: ours is faster), each side's peak resident memory, th
 thread counts, the XLA flags and `GLIBC_TUNABLES`. Like training, it restarts itself with
 glibc's malloc asking for transparent huge pages (mtan_jax/huge_pages.py), which both sides then
 run with; to time both without them, run it with GLIBC_TUNABLES=glibc.malloc.hugetlb=0. torch's
-OpenMP threads wait passively (OMP_WAIT_POLICY, unless set), which is faster on a small machine.
+OpenMP threads wait passively (OMP_WAIT_POLICY, unless set), as in the README's figures.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# torch's OpenMP threads busy-wait after each of its ops by default; on this 2-core machine that
-# slowed the reference's step down (15.1 s against 10.6 s with passive waiting, both with huge
-# pages), so the reference gets passive waiting unless OMP_WAIT_POLICY says otherwise.
+# torch's OpenMP threads wait passively unless OMP_WAIT_POLICY says otherwise: the setting the
+# README's figures were measured with. With the sides one at a time it made no difference that
+# could be measured on the 2-core machine (the reference alone: 15.5 s passive, 15.1 s default,
+# 13.5-17.9 s active); it mattered only while both sides' processes were alive.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
@@ -99,7 +100,7 @@ class Reference:
 
   def __init__(self, segnet_class, model_fit, batch: dict):
     import torch  # pylint: disable=import-outside-toplevel
-    self.torch, self.model_fit = torch, model_fit
+    self.model_fit = model_fit
     torch.manual_seed(0)
     self.model = segnet_class()
     self.model.train()
