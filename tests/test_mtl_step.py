@@ -178,7 +178,13 @@ def test_representation_gradients_give_the_coefficients_and_one_combined_backwar
 def test_representation_gradients_give_the_same_update_on_one_and_two_devices(name):
   one, initial = run_steps(weighting_lib.build(name, NYU, task_gradients="representation"), 1)
   two, _ = run_steps(weighting_lib.build(name, NYU, task_gradients="representation"), 2)
-  chex.assert_trees_all_close(two.params, one.params, rtol=1e-4, atol=1e-6)
+  # Float32 rounding of the Gram matrix (summed in another order over two devices) reaches the
+  # solved coefficients amplified by the conditioning of the solver's system (Nash-MTL's Newton
+  # Hessian: ~1e2 here, weights ~18, parameter steps up to ~0.7), so the absolute tolerance is
+  # stated relative to the largest parameter step, with the former 1e-6 as its floor.
+  step = max(float(np.abs(a - np.asarray(b)).max()) for a, b in zip(
+      jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(initial.params)))
+  chex.assert_trees_all_close(two.params, one.params, rtol=1e-4, atol=max(1e-6, 2e-5 * step))
   chex.assert_trees_all_close(two.weighting_state, one.weighting_state, rtol=1e-4, atol=1e-6)
   parameters, _ = run_steps(name, 1)
   assert not np.allclose(parameters.weighting_state["weights"], one.weighting_state["weights"])
