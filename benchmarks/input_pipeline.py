@@ -43,7 +43,7 @@ def main(argv=None) -> int:
   parser.add_argument("--epochs", type=int, default=3, help="the first is reported as warm-up")
   parser.add_argument("--no_augment", action="store_true")
   parser.add_argument("--release_dir", default=None, help="an NYUv2 release folder")
-  parser.add_argument("--data_dir", default=None, help="built datasets (default: a temp folder)")
+  parser.add_argument("--tfds_dir", default=None, help="built datasets (default: a temp folder)")
   args = parser.parse_args(argv)
 
   rows = []
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
   print(json.dumps(rows[-1]), flush=True)
 
   with tempfile.TemporaryDirectory() as tmp:
-    config = pipeline.DataConfig(release_dir=args.release_dir, data_dir=args.data_dir or tmp,
+    config = pipeline.DataConfig(release_dir=args.release_dir, tfds_dir=args.tfds_dir or tmp,
                                  resolution=(args.height, args.width),
                                  synthetic_size=(args.examples, 1))
     start = time.perf_counter()

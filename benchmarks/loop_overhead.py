@@ -73,7 +73,7 @@ def main() -> None:
         model="split_standard", width_mult=1 / 16, batch_size=2 * args.devices, lr=1e-3,
         epochs=args.epochs, steps_per_epoch=args.steps, devices=args.devices, workers=2,
         progress=bool(args.progress), workdir=os.path.join(scratch, "run"),
-        data=DataConfig(data_dir=os.path.join(scratch, "tfds"), resolution=(32, 32),
+        data=DataConfig(tfds_dir=os.path.join(scratch, "tfds"), resolution=(32, 32),
                         synthetic_size=(2 * args.devices * args.steps, 2 * args.devices)))
     result = train.run(config)
     epochs = [r["seconds"] for r in result["records"][1:]]

@@ -11,9 +11,7 @@ import argparse
 import dataclasses
 import os
 import pathlib
-import signal
 import sys
-import threading
 import types
 import typing
 
@@ -69,7 +67,8 @@ def _shown(o: schema.Option, value) -> str:
 DERIVED_DEFAULTS = {"workdir": "runs/<dataset>[_synthetic]_<model>_<weighting>_seed<seed>"}
 
 
-def _add_flag(p: argparse.ArgumentParser, o: schema.Option, preset: dict, note: str = "") -> None:
+def add_flag(p: argparse.ArgumentParser, o: schema.Option, preset: dict, note: str = "") -> None:
+  """`--flag` for option `o`, its help naming the default and the quick preset's value."""
   parse = _text_parser(o)
   default = f"default {DERIVED_DEFAULTS.get(o.path) or _shown(o, o.default)}"
   if o.path in preset:
@@ -80,6 +79,19 @@ def _add_flag(p: argparse.ArgumentParser, o: schema.Option, preset: dict, note: 
   if o.choices is not None:
     kwargs["choices"] = o.choices
   p.add_argument(f"--{o.flag}", **kwargs)
+
+
+def add_schema_flags(p: argparse.ArgumentParser, config_cls, preset: dict) -> None:
+  """A flag for every schema field of `config_cls` (nested configs too) that has one."""
+  for o in schema.options(config_cls):
+    if o.flag is not None:
+      add_flag(p, o, preset)
+
+
+def by_flag(config_cls, args: argparse.Namespace) -> dict:
+  """{field path: value} of the schema flags given on the command line."""
+  flags = {o.flag: o.path for o in schema.options(config_cls) if o.flag is not None}
+  return {flags[k]: v for k, v in vars(args).items() if v is not None and k in flags}
 
 
 def scheme_options() -> dict[str, tuple[schema.Option, list[str]]]:
@@ -97,14 +109,9 @@ def parser(dataset: str, config_cls=TrainConfig) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description=f"Train and evaluate on {dataset} (MTAN and its baselines). Without --data_dir: "
       f"the built-in synthetic scenes with the quick preset, which any flag overrides.")
-  for o in schema.options(config_cls):
-    if o.flag is not None:
-      _add_flag(p, o, QUICK_PRESET)
+  add_schema_flags(p, config_cls, QUICK_PRESET)
   for o, schemes in scheme_options().values():
-    _add_flag(p, o, QUICK_PRESET, f"; --weighting={' or '.join(schemes)}")
-  p.add_argument("--compilation_cache", default=None,
-                 help="persistent XLA compilation cache folder ('' to disable; default "
-                 "~/.cache/mtan_jax/xla)")
+    add_flag(p, o, QUICK_PRESET, f"; --weighting={' or '.join(schemes)}")
   return p
 
 
@@ -115,8 +122,7 @@ def parse(argv: list[str] | None, dataset: str,
   given = {k: v for k, v in vars(args).items() if v is not None}
   synthetic = args.data_dir is None
   values: dict = {**(QUICK_PRESET if synthetic else {}), "data.dataset": dataset}
-  by_flag = {o.flag: o for o in schema.options(config_cls) if o.flag is not None}
-  values.update({by_flag[k].path: v for k, v in given.items() if k in by_flag})
+  values.update(by_flag(config_cls, args))
   values["data.release_dir"] = absolute_folder(values.get("data.release_dir"))
   values.setdefault("workdir", str(pathlib.Path("runs") / (
       f"{dataset}{'_synthetic' if synthetic else ''}_{values.get('model', 'mtan')}_"
@@ -149,20 +155,14 @@ def enable_compilation_cache(folder: str | None) -> None:
 
 
 def main(argv: list[str] | None, dataset: str) -> dict:
-  """Parses the flags, checks the config and the data, says what it trains on, and runs.
-
-  Every error a user can cause (a flag out of range, missing or damaged data, a run folder in use
-  or not writable, a refused resume, a full disk, Ctrl-C before training) is said in one message
-  on stderr, exit status 1 (130 for Ctrl-C); programming errors keep their traceback."""
+  """Parses the flags, checks the config and the data, says what it trains on, and runs; every
+  error a user can cause is one message (`harness.exits_on_user_errors`)."""
   xla_cpu.configure()  # before JAX starts
   # pylint: disable=import-outside-toplevel
-  from mtan_jax import checkpoint, rundir, train
-  from mtan_jax.config import ConfigError
-  from mtan_jax.data import DataError, ReleaseError, pipeline
-  if threading.current_thread() is threading.main_thread():  # Ctrl-C as KeyboardInterrupt again
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    config, args = parse(argv, dataset)
+  from mtan_jax import harness, train
+  from mtan_jax.data import pipeline
+  with harness.exits_on_user_errors():
+    config, _ = parse(argv, dataset)
     config.validate()
     source = pipeline.locate(config.data)
     if config.data.release_dir is None:
@@ -173,21 +173,10 @@ def main(argv: list[str] | None, dataset: str) -> dict:
             f"--data_dir=RELEASE_FOLDER for the real {dataset} data.", flush=True)
     else:
       print(f"Training on the {dataset} {source.describe()}.", flush=True)
-    enable_compilation_cache(args.compilation_cache)
+    enable_compilation_cache(config.compilation_cache)
     result = train.run(config)
     draw_curves(config.workdir)
     return result
-  except train.RunInterrupted as stopped:
-    print(stopped, flush=True)
-    raise SystemExit(128 + stopped.signal_number)
-  except KeyboardInterrupt:
-    print("error: interrupted (Ctrl-C) outside the training loop; nothing in progress was saved, "
-          "the run folder keeps its last checkpoint", file=sys.stderr, flush=True)
-    raise SystemExit(130)
-  except (train.RunError, DataError, ReleaseError, ConfigError, rundir.RunFolderError,
-          checkpoint.CheckpointError, OSError) as error:  # said plainly, without a traceback
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
 
 
 def draw_curves(workdir) -> None:

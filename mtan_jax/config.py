@@ -16,12 +16,7 @@ from mtan_jax import datasets as datasets_lib
 from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data.pipeline import DataConfig
-from mtan_jax.schema import option
-
-
-class ConfigError(ValueError):
-  """A configuration value no run can use; the message names the flag, what was expected and what
-  was found."""
+from mtan_jax.schema import ConfigError, option
 
 
 def _models() -> tuple[str, ...]:
@@ -93,6 +88,8 @@ class TrainConfig:
   devices: int = option(0, "local devices to use (0: all)", check=schema.at_least(0))
   multihost: bool = option(False, "call jax.distributed.initialize() first")
   progress: bool = option(True, "progress bars")
+  compilation_cache: str | None = option(
+      None, "persistent XLA compilation cache folder ('' to disable; none: ~/.cache/mtan_jax/xla)")
 
   def __post_init__(self):
     # The chosen scheme's options with their defaults filled in, so that a config made in Python
@@ -180,13 +177,7 @@ def differences(saved: dict[str, Any], config: TrainConfig, source: str,
   return schema.differences(_migrated(saved, type(config), source), config, source, defining)
 
 
-# Fields that say how to start, not what the run is: always different on a resume.
-START_FIELDS = ("resume", "overwrite")
-
-
 def changes_on_resume(saved: dict[str, Any], config: TrainConfig,
                       source: str) -> dict[str, list[Any]]:
-  """{path: [was, now]} of the fields that may change on a resume (not defining the run) and did,
-  e.g. epochs or --remat: recorded in the run's log, while config.json keeps the first config."""
-  changed = schema.changed(_migrated(saved, type(config), source), config, defining=False)
-  return {k: list(v) for k, v in changed.items() if k not in START_FIELDS}
+  """`schema.changes_on_resume` of a saved config of any version."""
+  return schema.changes_on_resume(_migrated(saved, type(config), source), config)

@@ -18,6 +18,11 @@ from typing import Any, Callable
 _MISSING = dataclasses.MISSING
 
 
+class ConfigError(ValueError):
+  """A configuration value no run can use; the message names the flag, what was expected and what
+  was found."""
+
+
 def option(default: Any = _MISSING, help: str = "", *,  # pylint: disable=redefined-builtin
            defines_run: bool = False, flag: str | bool | None = None,
            choices: tuple | Callable[[], tuple] | None = None,
@@ -137,6 +142,25 @@ def differences(saved: dict[str, Any], config, source: str, defining: bool = Tru
   """`changed` as readable lines naming the saved config's `source`."""
   return [f"{key}: {source} {was!r}, now {now!r}"
           for key, (was, now) in changed(saved, config, defining).items()]
+
+
+def validate(config) -> None:
+  """Raises ConfigError with every problem `check` finds, one message."""
+  problems = check(config)
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+# Fields that say how to start a run, not what it is: never recorded as changes on a resume.
+START_FIELDS = ("resume", "overwrite", "compilation_cache")
+
+
+def changes_on_resume(saved: dict[str, Any], config, source: str = "") -> dict[str, list[Any]]:
+  """{path: [was, now]} of the fields that may change on a resume (not defining the run) and did,
+  e.g. epochs or --remat: recorded in the run's log, while config.json keeps the first config."""
+  del source
+  return {k: list(v) for k, v in changed(saved, config, defining=False).items()
+          if k not in START_FIELDS}
 
 
 def check(config) -> list[str]:

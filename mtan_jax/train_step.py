@@ -26,10 +26,10 @@ import optax
 
 from mtan_jax import losses as losses_lib
 from mtan_jax import metrics as metrics_lib
+from mtan_jax.parallel import AXIS, replicate, unreplicate  # noqa: F401  (the steps' axis)
 from mtan_jax.weighting import Weighting
 from mtan_jax.weighting.base import combine_gradients, gram_matrix
 
-AXIS = "batch"
 
 # What a rematerialised forward keeps for the backward pass: the outputs of convolutions and matrix
 # products. BatchNorm, ReLU, sigmoid, masking, pooling, upsampling and concatenation are recomputed
@@ -58,24 +58,6 @@ class TrainState:
   opt_state: Any
   weighting_state: Any
   rng: jax.Array
-
-
-def replicate(tree: Any, local_devices, pmap_devices=None) -> Any:
-  """One copy of `tree` per local device, laid out as `jax.pmap(..., axis_name=AXIS)` lays out its
-  outputs, so that feeding either to a pmapped step hits the same compiled program (a different
-  layout, e.g. from `flax.jax_utils.replicate`, costs a second compilation).
-
-  `pmap_devices` as given to the steps' pmap: None for every device of every process.
-  """
-  stacked = jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(np.asarray(x), (len(local_devices),) + np.shape(x)), tree)
-  return jax.pmap(lambda x: x, axis_name=AXIS, devices=pmap_devices)(stacked)
-
-
-def unreplicate(tree: Any) -> Any:
-  """A replicated pytree (the steps' outputs, one copy per device) as numpy, read from one
-  addressable shard (indexing `x[0]` would gather every device's copy first)."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
 def init_variables(model: nn.Module, image_shape: tuple[int, int], key: jax.Array) -> Any:
@@ -323,6 +305,24 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   with jax.named_scope("metrics"):
     return {"task_losses": task_losses,
             "sums": metrics_lib.batch_sums(tasks, outputs, batch, axis_name)}
+
+
+def new_skip_counts(tasks) -> dict[str, Any]:
+  """Skipped steps of an epoch, counted on the device: total, the current and the longest run of
+  consecutive ones, and per task the skipped steps whose loss was not finite."""
+  zero = np.zeros((), np.int32)
+  return {"total": zero, "consecutive": zero, "longest": zero,
+          "by_task": {t.name: zero for t in tasks}}
+
+
+def count_skips(counts: dict[str, Any], skipped, task_losses) -> dict[str, Any]:
+  """`counts` after one step (`skipped`: whether it was; `task_losses`: its losses)."""
+  skipped = skipped.astype(jnp.int32)
+  consecutive = (counts["consecutive"] + 1) * skipped
+  return {"total": counts["total"] + skipped, "consecutive": consecutive,
+          "longest": jnp.maximum(counts["longest"], consecutive),
+          "by_task": {t: n + skipped * (~jnp.isfinite(task_losses[t])).astype(jnp.int32)
+                      for t, n in counts["by_task"].items()}}
 
 
 def end_epoch(state: TrainState, *, weighting: Weighting) -> TrainState:

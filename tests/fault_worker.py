@@ -1,9 +1,10 @@
 """A training run for the fault tests, in its own process so that it can be killed for real:
 
-    python fault_worker.py [--hang_on_save=N] [--pause_at=EPOCH,STEP] FLAGS...
+    python fault_worker.py [--hang_on_save=N] [--pause_at=EPOCH,STEP] [--decathlon] FLAGS...
 
 It runs `cli.main(FLAGS, "nyuv2")`, as experiments/nyuv2.py does (exit status 128 + signal after an
-interruption). Two hooks let the parent act at a known moment; each announces itself with a line
+interruption); with `--decathlon`, the Decathlon's `main(FLAGS)` on the two small tasks of the
+tests (`small_decathlon_tasks`) instead of the stand-in's ten. Two hooks let the parent act at a known moment; each announces itself with a line
 "FAULT_WORKER: ..." on stdout:
 - `--hang_on_save=N`: the N-th checkpoint save stops just before orbax commits it (its temporary
   folder written, not yet renamed; the line gives its path) and waits there for the parent's kill.
@@ -24,6 +25,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--hang_on_save", type=int, default=0)
   parser.add_argument("--pause_at", default="")
+  parser.add_argument("--decathlon", action="store_true")
   args, flags = parser.parse_known_args()
   sys.path.insert(0, str(ROOT))
 
@@ -63,7 +65,20 @@ def main():
 
     pipeline.Loader.epoch = paused_epoch
 
-  cli.main(flags, "nyuv2")
+  if args.decathlon:
+    from mtan_jax.decathlon import cli as decathlon_cli  # pylint: disable=import-outside-toplevel
+    from mtan_jax.decathlon import data as data_lib  # pylint: disable=import-outside-toplevel
+    data_lib.synthetic = lambda seed=0, size=None: small_decathlon_tasks(seed)
+    decathlon_cli.main(flags)
+  else:
+    cli.main(flags, "nyuv2")
+
+
+def small_decathlon_tasks(seed=0, size=16):
+  """Two tasks of the Decathlon's stand-in (the first, which is dropped, and svhn), a tenth of
+  their data, at 16x16."""
+  from mtan_jax.decathlon import data as data_lib  # pylint: disable=import-outside-toplevel
+  return tuple(data_lib.synthetic_task(i, seed=seed, size=size, fraction=0.1) for i in (0, 7))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def config(workdir, tfds_dir, index):
   return TrainConfig(model="split_standard", weighting="uncertainty", epochs=2, batch_size=4,
                      lr=1e-3, width_mult=1 / 16, workdir=str(workdir), progress=False, workers=1,
                      steps_per_epoch=1,
-                     data=DataConfig(data_dir=f"{tfds_dir}_{pathlib.Path(workdir).name}_{index}",
+                     data=DataConfig(tfds_dir=f"{tfds_dir}_{pathlib.Path(workdir).name}_{index}",
                                      resolution=(32, 32), synthetic_size=(8, 4), augment=True))
 
 

@@ -22,7 +22,7 @@ def load(name):
 
 def test_input_pipeline_benchmark_prints_json_lines_and_a_table(tmp_path, capsys):
   load("input_pipeline").main(["--height=32", "--width=64", "--examples=6", "--batch_size=2",
-                               "--epochs=2", "--workers=2", f"--data_dir={tmp_path}"])
+                               "--epochs=2", "--workers=2", f"--tfds_dir={tmp_path}"])
   lines = capsys.readouterr().out.splitlines()
   rows = [json.loads(line) for line in lines if line.startswith("{")]
   assert [r["measure"] for r in rows] == ["synthetic render, 1 thread", "prepare dataset",

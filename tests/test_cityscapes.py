@@ -121,7 +121,7 @@ def test_the_official_layout_is_recognised_built_and_read_as_the_release(officia
   from mtan_jax.data import builders, pipeline  # pylint: disable=import-outside-toplevel
   root, frames = official
   data = pipeline.DataConfig(dataset="cityscapes", release_dir=str(root),
-                             data_dir=str(root.parent / "tfds"), resolution=(128, 256),
+                             tfds_dir=str(root.parent / "tfds"), resolution=(128, 256),
                              num_classes=19)
   source = pipeline.locate(data)
   assert source.status == "not built" and "mtan_cityscapes_official" in source.builder.data_dir

@@ -197,7 +197,7 @@ def test_class_folders_map_to_the_servers_categories_through_the_training_annota
 
 
 @pytest.mark.slow
-def test_a_run_on_the_release_writes_the_servers_results(small_release, tmp_path):
+def test_a_run_on_the_release_writes_the_servers_results(small_release, tmp_path, capsys):
   from mtan_jax.decathlon import train as train_lib
   from mtan_jax.decathlon.config import DecathlonConfig
   annotations = tmp_path / "annotations"
@@ -220,9 +220,9 @@ def test_a_run_on_the_release_writes_the_servers_results(small_release, tmp_path
   config = DecathlonConfig(depth=10, widen_factor=1, epochs=1, batch_size=4, devices=1,
                            progress=False, settle="none", workdir=str(tmp_path / "run"),
                            annotations_dir=str(annotations), drop_first_task_epoch=0)
-  with pytest.raises(train_lib.DecathlonRunError, match=r"--batch_size 8: the training split of "
+  with pytest.raises(train_lib.RunError, match=r"--batch_size 8: the training split of "
                      r"imagenet12 \(6\), svhn \(6\) examples is smaller than one batch"):
-    train_lib.run(dataclasses.replace(config, batch_size=8), tasks)  # never trained otherwise
+    train_lib.run(dataclasses.replace(config, batch_size=8, keep_partial_batch=False), tasks)
   summary = train_lib.run(config, tasks)
   assert summary["test"] == {} and summary["accuracy_split"] == "validation"
   assert set(summary["validation"]) == {"imagenet12", "svhn"}
@@ -240,8 +240,9 @@ def test_a_run_on_the_release_writes_the_servers_results(small_release, tmp_path
   # command makes it from the run folder once they are right.
   (tmp_path / "run" / "results.json").unlink()
   (annotations / "svhn_train.json").rename(annotations / "moved.json")
-  said = []
-  train_lib.run(dataclasses.replace(config, resume=True), tasks, say=said.append)
+  capsys.readouterr()
+  train_lib.run(dataclasses.replace(config, resume=True), tasks)
+  said = capsys.readouterr().out.splitlines()
   assert any("warning: no results.json: " in s and "svhn_train.json: not found" in s
              and "python -m mtan_jax.decathlon.results" in s for s in said)
   assert (tmp_path / "run" / "summary.json").exists()

@@ -14,7 +14,7 @@ NYU = tasks_lib.dataset_tasks("nyuv2")
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-  return pipeline.DataConfig(data_dir=str(tmp_path_factory.mktemp("tfds")), resolution=(64, 96),
+  return pipeline.DataConfig(tfds_dir=str(tmp_path_factory.mktemp("tfds")), resolution=(64, 96),
                              synthetic_size=(11, 5), validation_fraction=0.2)
 
 
@@ -39,14 +39,14 @@ def test_splits_partition_the_release_train_split(config):
 
 
 def test_cityscapes_synthetic_split_takes_the_chosen_label_set(tmp_path):
-  config = pipeline.DataConfig(dataset="cityscapes", data_dir=str(tmp_path), resolution=(32, 64),
+  config = pipeline.DataConfig(dataset="cityscapes", tfds_dir=str(tmp_path), resolution=(32, 64),
                                synthetic_size=(2, 1), num_classes=19)
   example = pipeline.open_split(config, "test", tasks_lib.dataset_tasks("cityscapes",
                                                                          num_classes=19))[0]
   assert example["segmentation"].max() > 6  # 19-class ids, not the 7 categories
   with pytest.raises(ValueError,
                      match=r"num_classes for cityscapes: expected one of \(7, 19\), found 5"):
-    pipeline.open_split(pipeline.DataConfig(dataset="cityscapes", data_dir=str(tmp_path),
+    pipeline.open_split(pipeline.DataConfig(dataset="cityscapes", tfds_dir=str(tmp_path),
                                             resolution=(32, 64), synthetic_size=(2, 1),
                                             num_classes=5), "test", NYU[:1])
 

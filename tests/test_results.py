@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
     train.run(TrainConfig(model=model, tasks=tasks, weighting="equal", epochs=2, batch_size=2,
                           lr=1e-3, devices=1, width_mult=1 / 16, seed=seed,
                           workdir=str(root / name), progress=False, workers=1, steps_per_epoch=1,
-                          data=DataConfig(data_dir=str(root / "tfds"), resolution=(32, 32),
+                          data=DataConfig(tfds_dir=str(root / "tfds"), resolution=(32, 32),
                                           synthetic_size=(4, 2))))
     cli.draw_curves(root / name)  # as the experiment scripts do after training
     return root / name
@@ -159,7 +159,7 @@ def test_runs_are_grouped_by_what_they_measure():
 
   def run(model, tasks, miou, seed=0, lr=1e-4, width=1 / 16, data_dir="/a"):
     config = TrainConfig(model=model, tasks=tasks, seed=seed, lr=lr, width_mult=width,
-                         data=DataConfig(data_dir=data_dir))
+                         data=DataConfig(tfds_dir=data_dir))
     metrics = {t: {"miou": miou} if t == "segmentation" else {"abs_error": 0.5} for t in tasks}
     return Run(None, config, [{"epoch": 0, "test": metrics}])
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from mtan_jax import parallel
 from mtan_jax import tasks as tasks_lib
 from mtan_jax import train
 from mtan_jax import train_step as step_lib
@@ -43,7 +44,7 @@ def shard(batch, devices):
 def tiny_config(workdir, tfds_dir, **overrides):
   values = dict(model="split_standard", weighting="dwa", epochs=3, batch_size=4, lr=1e-3, devices=2,
                 lr_halve_epoch=2, width_mult=1 / 16, workdir=str(workdir), progress=False,
-                workers=2, data=DataConfig(data_dir=str(tfds_dir), resolution=(32, 64),
+                workers=2, data=DataConfig(tfds_dir=str(tfds_dir), resolution=(32, 64),
                                            synthetic_size=(12, 4), augment=True))
   values.update(overrides)
   return TrainConfig(**values)
@@ -244,15 +245,15 @@ def test_an_out_of_memory_error_says_what_to_change():
   too_big = jax.jit(lambda: jax.numpy.ones((1 << 42,), np.float32))
   with pytest.raises(jax.errors.JaxRuntimeError) as raised:  # a real failed allocation
     too_big().block_until_ready()
-  explained = train.explain_out_of_memory(raised.value, "epoch 3", advice)
+  explained = parallel.explain_out_of_memory(raised.value, "epoch 3", advice)
   assert isinstance(explained, train.RunError)
   assert str(explained).startswith("out of device memory in epoch 3 (RESOURCE_EXHAUSTED")
   assert str(explained).endswith(advice)
-  assert train.explain_out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "x", advice) is None
+  assert parallel.explain_out_of_memory(ValueError("RESOURCE_EXHAUSTED"), "x", advice) is None
 
 
 def test_a_step_that_does_not_fit_the_device_is_refused_before_it_runs(tmp_path, monkeypatch):
-  monkeypatch.setattr(train, "device_memory_limit", lambda device: 1 << 20)  # a 1 MiB device
+  monkeypatch.setattr(parallel, "device_memory_limit", lambda device: 1 << 20)  # a 1 MiB device
   traced_with = []
   plain_step = step_lib.train_step
   monkeypatch.setattr(step_lib, "train_step",

@@ -64,8 +64,7 @@ class DataConfig:
   release_dir: str | None = option(
       None, "release folder; none: the built-in synthetic scenes (quick preset)",
       defines_run=True, flag="data_dir")
-  data_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets",
-                                flag="tfds_dir")
+  tfds_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets")
   resolution: tuple[int, int] | None = option(
       None, "HEIGHTxWIDTH (none: 288x384 for NYUv2, 128x256 for CityScapes; synthetic: any "
       "multiple of 32)", defines_run=True, parse=parse_resolution,
@@ -171,7 +170,7 @@ class TaskSource:
 
 
 def _builder_args(config: DataConfig) -> dict:
-  return dict(data_dir=config.data_dir, release_dir=config.release_dir,
+  return dict(data_dir=config.tfds_dir, release_dir=config.release_dir,
               resolution=config.resolution, synthetic_size=config.synthetic_size,
               seed=config.synthetic_seed)
 
@@ -241,6 +240,10 @@ class Loader:
       statistics, as the reference's is not: it keeps a last batch of 1 on NYUv2's 795 examples);
       else pad it with examples whose every target is invalid (evaluation: they add nothing to a
       loss or metric sum, so every example counts once).
+    keep_remainder: with `drop_remainder` False, the last global batch is the remainder itself, not
+      padded, cut to a multiple of the devices of every process (training as PyTorch's DataLoader
+      without drop_last: a smaller last batch; with one device nothing is cut). A remainder smaller
+      than the device count gives no batch.
     depth_power: 1 (metric depth) or -1 (inverse depth) for the augmentation's depth scaling.
     process_index, process_count: this process and how many read the split.
     workers: background threads that read and augment examples (the record reader and numpy release
@@ -253,7 +256,8 @@ class Loader:
 
   def __init__(self, source: Sequence[dict[str, np.ndarray]], *, global_batch_size: int,
                local_devices: int = 1, shuffle: bool = False, seed: int = 0, augment: bool = False,
-               drop_remainder: bool = False, depth_power: int = 1, process_index: int = 0,
+               drop_remainder: bool = False, keep_remainder: bool = False,
+               depth_power: int = 1, process_index: int = 0,
                process_count: int = 1, workers: int = 8, prefetch: int = 4,
                transform: Callable[[dict, np.random.Generator], dict] | None = None):
     shards = local_devices * process_count
@@ -268,6 +272,8 @@ class Loader:
     self.source, self.global_batch_size = source, global_batch_size
     self.local_devices, self.shuffle, self.seed = local_devices, shuffle, seed
     self.augment, self.drop_remainder, self.depth_power = augment, drop_remainder, depth_power
+    self.keep_remainder = keep_remainder and not drop_remainder
+    self.shards = shards
     self.process_index, self.process_count = process_index, process_count
     self.workers, self.prefetch = workers, max(prefetch, 1)
     self.transform = transform
@@ -296,7 +302,16 @@ class Loader:
   def __len__(self) -> int:
     """Batches per epoch."""
     n, g = len(self.source), self.global_batch_size
+    if self.keep_remainder:
+      return n // g + (n % g >= self.shards)
     return n // g if self.drop_remainder else -(-n // g)
+
+  def batch_size(self, step: int) -> int:
+    """The global batch size of batch `step` (smaller only for a kept remainder)."""
+    rest = len(self.source) - step * self.global_batch_size
+    if self.keep_remainder and rest < self.global_batch_size:
+      return rest - rest % self.shards
+    return self.global_batch_size
 
   def order(self, epoch: int) -> np.ndarray:
     """The split's example order in `epoch` (the same on every process)."""
@@ -307,8 +322,9 @@ class Loader:
 
   def _local_positions(self, step: int) -> list[int]:
     """Epoch positions of this process's share of global batch `step` (>= len: padding)."""
-    first = step * self.global_batch_size + self.process_index * self.local_batch_size
-    return list(range(first, first + self.local_batch_size))
+    local = self.batch_size(step) // self.process_count
+    first = step * self.global_batch_size + self.process_index * local
+    return list(range(first, first + local))
 
   def _cached_order(self, epoch: int) -> np.ndarray:
     if epoch not in self._orders:
@@ -330,7 +346,7 @@ class Loader:
   def _assemble(self, examples: list) -> dict[str, np.ndarray]:
     template = next(e for e in examples if e is not None)
     examples = [e if e is not None else _zeros_like(template) for e in examples]
-    shape = (self.local_devices, self.local_batch_size // self.local_devices)
+    shape = (self.local_devices, len(examples) // self.local_devices)
     batch = {k: np.stack([e[k] for e in examples]).reshape(shape + template[k].shape)
              for k in template}
     return batch

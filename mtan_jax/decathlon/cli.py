@@ -5,14 +5,9 @@ Every error a user can cause is one line on stderr (exit status 1), as the dense
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import signal
-import sys
-import threading
 
 from mtan_jax import cli as dense_cli
 from mtan_jax import huge_pages
-from mtan_jax import schema
 from mtan_jax import xla_cpu
 from mtan_jax.decathlon.config import QUICK_PRESET, DecathlonConfig
 
@@ -22,41 +17,31 @@ def parser() -> argparse.ArgumentParser:
       description="Train the MTAN on the Visual Decathlon (WRN-28-4, ten classification tasks). "
       "Without --data_dir: the built-in synthetic stand-in with the quick preset, which any flag "
       "overrides; with it (the release's decathlon-1.0-data folder): the reference's recipe.")
-  for o in schema.options(DecathlonConfig):
-    if o.flag is not None:
-      dense_cli._add_flag(p, o, QUICK_PRESET)  # pylint: disable=protected-access
-  p.add_argument("--compilation_cache", default=None,
-                 help="persistent XLA compilation cache folder ('' to disable)")
+  dense_cli.add_schema_flags(p, DecathlonConfig, QUICK_PRESET)
   return p
 
 
-def parse(argv: list[str] | None) -> tuple[DecathlonConfig, argparse.Namespace]:
-  args = parser().parse_args(argv)
-  given = {k: v for k, v in vars(args).items() if v is not None and k != "compilation_cache"}
-  given = {("release_dir" if k == "data_dir" else "data_dir" if k == "tfds_dir" else k): v
-           for k, v in given.items()}
+def parse(argv: list[str] | None) -> DecathlonConfig:
+  given = dense_cli.by_flag(DecathlonConfig, parser().parse_args(argv))
   synthetic = given.get("release_dir") is None
   values = {**(QUICK_PRESET if synthetic else {}), **given}
   for folder in ("release_dir", "annotations_dir"):
     values[folder] = dense_cli.absolute_folder(values.get(folder))
   values.setdefault("workdir", f"runs/decathlon{'_synthetic' if synthetic else ''}_seed"
                                f"{values.get('seed', 0)}")
-  names = {f.name for f in dataclasses.fields(DecathlonConfig)}
-  return DecathlonConfig(**{k: v for k, v in values.items() if k in names}), args
+  return DecathlonConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> dict:
-  """Parses, checks, says what it trains on, runs; user errors as one line, exit status 1."""
+  """Parses, checks, says what it trains on, runs; every error a user can cause is one message
+  (`harness.exits_on_user_errors`)."""
   xla_cpu.configure()  # before JAX starts
   # pylint: disable=import-outside-toplevel
-  from mtan_jax import checkpoint, rundir
-  from mtan_jax.data import DataError, ReleaseError
+  from mtan_jax import harness
   from mtan_jax.decathlon import data as data_lib
   from mtan_jax.decathlon import results, train
-  if threading.current_thread() is threading.main_thread():
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    config, args = parse(argv)
+  with harness.exits_on_user_errors((results.ResultsError,)):
+    config = parse(argv)
     config.validate()
     if config.release_dir is None:
       tasks = data_lib.synthetic(seed=config.seed)
@@ -66,23 +51,15 @@ def main(argv: list[str] | None = None) -> dict:
             f"{config.workdir}; pass --data_dir=decathlon-1.0-data for the real datasets.",
             flush=True)
     else:
-      tasks = data_lib.release_tasks(config.release_dir, data_dir=config.data_dir,
+      tasks = data_lib.release_tasks(config.release_dir, data_dir=config.tfds_dir,
                                      progress=config.progress)
       print(f"Training on the Decathlon release {config.release_dir} (WRN-{config.depth}-"
             f"{config.widen_factor}, {config.epochs} epochs) into {config.workdir}.", flush=True)
-    dense_cli.enable_compilation_cache(args.compilation_cache)
+    dense_cli.enable_compilation_cache(config.compilation_cache)
     summary = train.run(config, tasks)
     dense_cli.draw_curves(config.workdir)
     _say_summary(summary, config)
     return summary
-  except KeyboardInterrupt:
-    print("error: interrupted (Ctrl-C); the run folder keeps its last checkpoint",
-          file=sys.stderr, flush=True)
-    raise SystemExit(130)
-  except (ValueError, train.DecathlonRunError, rundir.RunFolderError, checkpoint.CheckpointError,
-          DataError, ReleaseError, results.ResultsError, OSError) as error:
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(1)
 
 
 def _say_summary(summary: dict, config: DecathlonConfig) -> None:

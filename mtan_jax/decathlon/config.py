@@ -43,12 +43,16 @@ class DecathlonConfig:
       "train (SGD steps, as the reference's evaluation script), statistics (BatchNorm statistics "
       "only, as that script's comment says), none", defines_run=True,
       choices=("train", "statistics", "none"))
+  keep_partial_batch: bool = option(
+      True, "train on each split's last partial batch too, as the reference's DataLoaders (false: "
+      "drop it, every step a full batch)", defines_run=True)
+  max_skipped_steps: int = option(5, "consecutive non-finite (skipped) steps before the run stops",
+                                  check=schema.at_least(1))
   seed: int = option(0, "parameters, data order, flips", defines_run=True)
   release_dir: str | None = option(
       None, "the Decathlon release folder (decathlon-1.0-data, holding the ten datasets' "
       "folders); none: the built-in synthetic stand-in", defines_run=True, flag="data_dir")
-  data_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets",
-                                flag="tfds_dir")
+  tfds_dir: str | None = option(None, "where built datasets are kept; none: ~/tensorflow_datasets")
   annotations_dir: str | None = option(
       None, "the devkit's annotation folder (decathlon-1.0/annotations): with it, the test "
       "predictions are also written as the challenge server's results.json")
@@ -57,12 +61,13 @@ class DecathlonConfig:
   overwrite: bool = option(False, "delete the run already in --workdir and start afresh")
   keep_checkpoints: int = option(3, "checkpoints kept (the newest)", check=schema.at_least(1))
   devices: int = option(0, "local devices to use (0: all)", check=schema.at_least(0))
+  multihost: bool = option(False, "call jax.distributed.initialize() first")
   progress: bool = option(True, "progress lines")
+  compilation_cache: str | None = option(
+      None, "persistent XLA compilation cache folder ('' to disable; none: ~/.cache/mtan_jax/xla)")
 
   def validate(self) -> "DecathlonConfig":
-    problems = schema.check(self)
-    if problems:
-      raise ValueError("; ".join(problems))
+    schema.validate(self)
     return self
 
   def to_dict(self) -> dict[str, Any]:

@@ -168,30 +168,36 @@ def transform(task: decathlon.DecathlonTask, size: int,
 
 
 def batches(data: TaskData, split: str, global_batch: int, devices: int, *, train: bool,
-            seed: int = 0, epoch: int = 0, workers: int = 4) -> Iterator[dict[str, np.ndarray]]:
-  """The global batches of one task's split, `{"image": [devices, B, S, S, 3] float32, "label":
-  [devices, B] int32, "index": [devices, B] int32, "valid": [devices, B] bool}` with
-  B = global_batch / devices and S = `data.image_size`, read by `workers` threads ahead.
+            seed: int = 0, epoch: int = 0, start_step: int = 0, keep_partial: bool = False,
+            workers: int = 4, process_index: int = 0,
+            process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """The global batches of one task's split from batch `start_step` on, this process's share:
+  `{"image": [devices, B, S, S, 3] float32, "label": [devices, B] int32, "index": [devices, B]
+  int32, "valid": [devices, B] bool}` with B = global_batch / (devices x processes) and S =
+  `data.image_size`, read by `workers` threads ahead.
 
   Training: shuffled by (seed, task, epoch), cropped and flipped at random where the task allows
-  (`transform`), the last partial batch dropped (every device gets a full share; a split smaller
-  than one batch gives none). Evaluation: in
-  order, centre crops, the last batch padded with invalid examples (`valid` False), so that every
-  example is counted once.
+  (`transform`); the last partial batch kept as a smaller batch (`keep_partial`, as the
+  reference's DataLoaders; cut to a multiple of the devices) or dropped (a split smaller than one
+  batch then gives none). Evaluation: in order, centre crops, the last batch padded with invalid
+  examples (`valid` False), so that every example is counted once.
   """
-  if global_batch % devices:
-    raise ValueError(f"batch size: expected a multiple of the {devices} devices, found "
+  shards = devices * process_count
+  if global_batch % shards:
+    raise ValueError(f"batch size: expected a multiple of the {shards} devices, found "
                      f"{global_batch}")
   source = data.splits[split]
-  if train and len(source) < global_batch:
-    return  # not one full batch: nothing to train on
+  if train and len(source) < (shards if keep_partial else global_batch):
+    return  # not one batch: nothing to train on
   task_index = decathlon.NAMES.index(data.task.name)
   loader = pipeline.Loader(source, global_batch_size=global_batch, local_devices=devices,
                            shuffle=train, seed=seed * len(decathlon.NAMES) + task_index,
-                           drop_remainder=train, workers=workers,
+                           drop_remainder=train and not keep_partial,
+                           keep_remainder=train and keep_partial, workers=workers,
+                           process_index=process_index, process_count=process_count,
                            transform=transform(data.task, data.image_size, train))
   with loader:
-    yield from loader.epoch(epoch)
+    yield from loader.epoch(epoch, start_step)
 
 
 def release_tasks(release_dir, *, data_dir: str | None = None,

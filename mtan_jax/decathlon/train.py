@@ -1,20 +1,21 @@
 """Training and evaluating the Decathlon MTAN: each epoch trains every task in turn on its own
 training set, one task per step (the reference's model_wrn_mtan.py), under `jax.pmap` with the
-global batch split over the devices and BatchNorm statistics over the global batch.
+global batch split over the devices (and hosts) and BatchNorm statistics over the global batch.
 
 Pure per-device steps (`train_step`, `eval_step`) compiled once per task (the task picks the
-branch and the head); the loop (`run`) owns the run folder, checkpoints and metrics.jsonl as the
-dense tasks' loop does. Tasks not in a step get zero gradients: as in the reference (PyTorch of
-its time kept zero gradients once a parameter had one), SGD's weight decay and momentum still move
-them.
+branch and the head); the loop (`run`) keeps only the epochs' body: the run folder, checkpoints,
+log, resume and signal stop are the shared harness's (`harness.Session`), as for the dense tasks.
+
+PyTorch's SGD, as the reference ran it: a parameter is not updated until a step's backward pass
+first reaches it (a task's masks and head until that task's first step: `optim.
+skip_until_first_gradient`); from then on the zero gradient it keeps in other tasks' steps still
+brings weight decay and momentum.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
 import time
 from typing import Any
 
@@ -24,24 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mtan_jax import checkpoint as checkpoint_lib
 from mtan_jax import decathlon
-from mtan_jax import rundir
+from mtan_jax import harness
+from mtan_jax import optim
+from mtan_jax import parallel
 from mtan_jax import runlog
-from mtan_jax import schema
 from mtan_jax import train_step as step_lib
 from mtan_jax.decathlon import data as data_lib
 from mtan_jax.decathlon import results as results_lib
 from mtan_jax.decathlon import score as score_lib
 from mtan_jax.decathlon.config import DecathlonConfig
 from mtan_jax.models import wrn
+from mtan_jax.parallel import AXIS, RunError
 
-AXIS = step_lib.AXIS
 FIRST_TASK_CHECKPOINT = "checkpoints_first_task"  # the state when the first task was dropped
-
-
-class DecathlonRunError(RuntimeError):
-  """A run that cannot go on as asked (a refused resume, a run that stopped on bad steps)."""
 
 
 @flax.struct.dataclass
@@ -55,11 +52,13 @@ class State:
   opt_state: Any
 
 
-def make_optimizer(weight_decay: float) -> optax.GradientTransformation:
+def make_optimizer(weight_decay: float) -> optax.GradientTransformationExtraArgs:
   """PyTorch's SGD(momentum 0.9, nesterov, weight_decay): the decay added to the gradient before
-  the momentum; the learning rate a hyperparameter set each epoch (`with_learning_rate`)."""
+  the momentum, parameters skipped until they first have a gradient (`update(..., used=)`); the
+  learning rate a hyperparameter set each epoch (`opt_state.hyperparams["learning_rate"]`)."""
   def sgd(learning_rate):
     return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optim.skip_until_first_gradient(),
                        optax.sgd(learning_rate, momentum=0.9, nesterov=True))
   return optax.inject_hyperparams(sgd)(learning_rate=0.1)
 
@@ -88,6 +87,7 @@ def first_task(config: DecathlonConfig, epoch: int) -> int:
   return 1 if config.drop_first_task_epoch and epoch >= config.drop_first_task_epoch else 0
 
 
+
 def create_state(model: wrn.WideResNetMTAN, optimizer, image_size: int, seed: int) -> State:
   """A fresh state: every task's parameters (the model initialised with all branches)."""
   variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
@@ -105,6 +105,7 @@ def _sums(probabilities, label, valid):
   nll = -jnp.log(picked + 1e-20)
   correct = (jnp.argmax(probabilities, axis=1) == label).astype(jnp.float32)
   return jnp.sum(nll * valid), jnp.sum(correct * valid), jnp.sum(valid)
+
 
 
 def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNetMTAN, optimizer,
@@ -128,7 +129,8 @@ def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNe
   grads = jax.lax.psum(grads, axis_name)
   opt_state = state.opt_state
   opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-  updates, opt_state = optimizer.update(grads, opt_state, state.params)
+  updates, opt_state = optimizer.update(grads, opt_state, state.params,
+                                        used=wrn.used_by_task(state.params, task))
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(mean) & step_lib.all_finite((grads, params, batch_stats))
   finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
@@ -150,116 +152,181 @@ def statistics_step(state: State, batch: dict, *, model: wrn.WideResNetMTAN, tas
   return state.replace(batch_stats=updated["batch_stats"])
 
 
+
 def eval_step(state: State, batch: dict, *, model: wrn.WideResNetMTAN, task: int,
               axis_name: str = AXIS) -> dict:
-  """Task `task`'s predictions with the running statistics: the batch's global sums and each
-  example's predicted class ("predicted": [B])."""
+  """Task `task`'s predictions with the running statistics: the batch's global sums, and every
+  device's examples ("predicted", "index", "valid": [global devices, B], gathered so that each
+  process has all of them)."""
   probabilities = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                               batch["image"], task=task)
   nll, correct, count = _sums(probabilities, batch["label"], batch["valid"])
+  gather = functools.partial(jax.lax.all_gather, axis_name=axis_name)
   return {"loss_sum": jax.lax.psum(nll, axis_name), "correct": jax.lax.psum(correct, axis_name),
           "count": jax.lax.psum(count, axis_name),
-          "predicted": jnp.argmax(probabilities, axis=1).astype(jnp.int32)}
+          "predicted": gather(jnp.argmax(probabilities, axis=1).astype(jnp.int32)),
+          "index": gather(batch["index"]), "valid": gather(batch["valid"])}
 
 
 @dataclasses.dataclass
 class Steps:
-  """The pmapped steps, compiled once per task on first use."""
+  """The pmapped steps over `place`, compiled once per task (and batch shape) on first use."""
 
   model: wrn.WideResNetMTAN
   optimizer: Any
-  devices: list
+  place: parallel.Place
+  advice: str = ""
 
   def __post_init__(self):
     self._train, self._eval, self._statistics = {}, {}, {}
 
-  def fresh_optimizer(self, replicated: State) -> State:
-    """`replicated` with a new SGD state (no momentum), as the reference's new optimizers."""
-    return replicated.replace(opt_state=jax.pmap(self.optimizer.init, devices=self.devices)(
-        replicated.params))
+  def fresh_optimizer(self, replicated: State, keep_seen: bool = False) -> State:
+    """`replicated` with a new SGD state (no momentum), as the reference's new optimizers; with
+    `keep_seen`, parameters that had a gradient keep it (a new SGD over a model whose `.grad`s
+    are set: the drop of the first task), else none has (a model loaded from its weights)."""
+    fresh = self.place.pmap(self.optimizer.init)(replicated.params)
+    if keep_seen:
+      fresh = optim.with_seen_parameters(fresh, optim.seen_parameters(replicated.opt_state))
+    return replicated.replace(opt_state=fresh)
 
   def statistics(self, task: int):
     if task not in self._statistics:
-      self._statistics[task] = jax.pmap(functools.partial(
-          statistics_step, model=self.model, task=task), axis_name=AXIS, devices=self.devices)
+      self._statistics[task] = self.place.pmap(functools.partial(
+          statistics_step, model=self.model, task=task))
     return self._statistics[task]
 
-  def train(self, task: int):
+  def train(self, task: int) -> parallel.MemoryCheckedStep:
     if task not in self._train:
-      self._train[task] = jax.pmap(functools.partial(
+      self._train[task] = self.place.checked(functools.partial(
           train_step, model=self.model, optimizer=self.optimizer, task=task),
-          axis_name=AXIS, devices=self.devices, donate_argnums=0)
+          f"train step of task {task}", self.advice, donate_argnums=0)
     return self._train[task]
 
-  def eval(self, task: int):
+  def eval(self, task: int) -> parallel.MemoryCheckedStep:
     if task not in self._eval:
-      self._eval[task] = jax.pmap(functools.partial(eval_step, model=self.model, task=task),
-                                  axis_name=AXIS, devices=self.devices)
+      self._eval[task] = self.place.checked(
+          functools.partial(eval_step, model=self.model, task=task),
+          f"evaluation step of task {task}", self.advice)
     return self._eval[task]
 
 
 def _first(x) -> float:
   """A replicated scalar, read from one device's shard."""
-  return float(step_lib.unreplicate(x))
+  return float(parallel.unreplicate(x))
 
 
 def _step_inputs(batch: dict) -> dict:
-  """What a step reads of a batch (its "index" stays on the host, for the predictions' files)."""
+  """What a training step reads of a batch."""
   return {n: batch[n] for n in ("image", "label", "valid")}
 
 
+def _batches(task_data: data_lib.TaskData, split: str, config: DecathlonConfig,
+             place: parallel.Place, *, train: bool, epoch: int = 0, start_step: int = 0,
+             batch_size: int | None = None):
+  """`data_lib.batches` for this place's devices and process, training batches as the config
+  says (the last partial one kept or not)."""
+  return data_lib.batches(task_data, split, batch_size or config.batch_size, len(place.devices),
+                          train=train, seed=config.seed, epoch=epoch, start_step=start_step,
+                          keep_partial=config.keep_partial_batch,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+
+
+@dataclasses.dataclass
+class TaskPass:
+  """Training one task on one split in one epoch: the sums so far and the steps done."""
+
+  loss: float = 0.0
+  correct: float = 0.0
+  count: float = 0.0
+  steps: int = 0
+
+  def add(self, out: dict) -> None:
+    self.loss += _first(out["loss_sum"])
+    self.correct += _first(out["correct"])
+    self.count += _first(out["count"])
+    self.steps += 1
+
+
+class SkipCounts:
+  """Consecutive and total skipped steps, on the host, for `harness.SkipCounter`."""
+
+  def __init__(self):
+    self.counts = {"total": 0, "consecutive": 0, "longest": 0, "by_task": {}}
+
+  def add(self, skipped: bool, task: str, loss_finite: bool) -> dict:
+    c = self.counts
+    c["total"] += skipped
+    c["consecutive"] = (c["consecutive"] + 1) * skipped
+    c["longest"] = max(c["longest"], c["consecutive"])
+    if skipped and not loss_finite:
+      c["by_task"][task] = c["by_task"].get(task, 0) + 1
+    return c
+
+
 def train_epoch_of_task(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
-                        splits: tuple[str, ...], config: DecathlonConfig, epoch: int, lr: float):
-  """Trains task `k` on `splits` of its data; returns the state and {"loss", "accuracy"}."""
-  devices = len(steps.devices)
-  lr_array = step_lib.replicate(np.float32(lr), steps.devices, steps.devices)
-  loss = correct = count = skipped = 0.0
-  for split in splits:
-    for batch in data_lib.batches(task_data, split, config.batch_size, devices, train=True,
-                                  seed=config.seed, epoch=epoch):
+                        splits: tuple[str, ...], config: DecathlonConfig, epoch: int, lr: float,
+                        stop: harness.StopOnSignal | None = None, start: tuple[int, int] = (0, 0),
+                        sums: TaskPass | None = None, skips: harness.SkipCounter | None = None):
+  """Trains task `k` on `splits` of its data from (split index, step) `start`; returns the state,
+  {"loss", "accuracy"} and None, or, when `stop` caught a signal, the state, the sums so far and
+  the (split index, step) to continue from."""
+  lr_array = steps.place.replicate(np.float32(lr))
+  sums = sums or TaskPass()
+  counts = SkipCounts()
+  skips = skips or harness.SkipCounter(f"epoch {epoch}", config.max_skipped_steps, None)
+  for s in range(start[0], len(splits)):
+    step = start[1] if s == start[0] else 0
+    for batch in _batches(task_data, splits[s], config, steps.place, train=True, epoch=epoch,
+                          start_step=step):
       replicated, out = steps.train(k)(replicated, _step_inputs(batch), lr_array)
-      loss += _first(out["loss_sum"])
-      correct += _first(out["correct"])
-      count += _first(out["count"])
-      skipped += _first(out["skipped"])
-  if skipped:
-    raise DecathlonRunError(f"{int(skipped)} step(s) of {task_data.task.name} in epoch {epoch} "
-                            f"were not finite (skipped); the last checkpoint is kept")
-  return replicated, {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1)}
+      sums.add(out)
+      step += 1
+      skipped = bool(parallel.unreplicate(out["skipped"]))
+      skips.update(counts.add(skipped, task_data.task.name,
+                              np.isfinite(_first(out["loss_sum"]))))
+      if stop is not None and stop.signal_number is not None:
+        return replicated, sums, (s, step)
+  if counts.counts["total"]:
+    steps.place.say(f"epoch {epoch}: {task_data.task.name}: skipped {skips.describe()}")
+  metrics = {"loss": sums.loss / max(sums.count, 1), "accuracy": sums.correct / max(sums.count, 1)}
+  if counts.counts["total"]:
+    metrics["skipped_steps"] = counts.counts["total"]
+  return replicated, metrics, None
 
 
 def evaluate(replicated, steps: Steps, task_data: data_lib.TaskData, k: int, split: str,
-             batch_size: int) -> tuple[dict[str, float], dict[int, int]]:
+             config: DecathlonConfig) -> tuple[dict[str, float], dict[int, int]]:
   """({"loss", "accuracy"} of task `k` on `split`'s labelled examples (none in the release's
   test split: then {}), {example index: predicted class} of every example)."""
-  devices = len(steps.devices)
-  batch_size = -(-batch_size // devices) * devices
-  loss = correct = count = 0.0
+  devices = steps.place.global_count
+  batch_size = -(-config.batch_size // devices) * devices
+  totals = TaskPass()
   predicted = {}
-  for batch in data_lib.batches(task_data, split, batch_size, devices, train=False):
-    out = steps.eval(k)(replicated, _step_inputs(batch))
-    loss += _first(out["loss_sum"])
-    correct += _first(out["correct"])
-    count += _first(out["count"])
-    valid = batch["valid"].reshape(-1)
-    predicted.update(zip(batch["index"].reshape(-1)[valid].tolist(),
-                         np.asarray(out["predicted"]).reshape(-1)[valid].tolist()))
-  metrics = {"loss": loss / count, "accuracy": correct / count} if count else {}
+  for batch in _batches(task_data, split, config, steps.place, train=False,
+                        batch_size=batch_size):
+    out = steps.eval(k)(replicated, batch)
+    totals.add(out)
+    gathered = parallel.unreplicate({n: out[n] for n in ("predicted", "index", "valid")})
+    valid = gathered["valid"].reshape(-1)
+    predicted.update(zip(gathered["index"].reshape(-1)[valid].tolist(),
+                         gathered["predicted"].reshape(-1)[valid].tolist()))
+  metrics = ({"loss": totals.loss / totals.count, "accuracy": totals.correct / totals.count}
+             if totals.count else {})
   return metrics, predicted
 
 
 def settle(replicated, steps: Steps, task_data: data_lib.TaskData, k: int,
            config: DecathlonConfig):
   """One more epoch of task `k` on its train and val sets before its test predictions, as
-  `config.settle` says (see `DecathlonConfig.settle`); returns the state."""
+  `config.settle` says (see `DecathlonConfig.settle`), with the optimizer state `replicated`
+  holds (the evaluation script's one SGD carries over from task to task); returns the state."""
   if config.settle == "train":
-    replicated = steps.fresh_optimizer(replicated)  # the script starts a new SGD
-    replicated, _ = train_epoch_of_task(replicated, steps, task_data, k, ("train", "val"),
-                                        config, config.epochs, settle_learning_rate(config, k))
+    replicated, _, _ = train_epoch_of_task(replicated, steps, task_data, k, ("train", "val"),
+                                           config, config.epochs, settle_learning_rate(config, k))
   elif config.settle == "statistics":
     for split in ("train", "val"):
-      for batch in data_lib.batches(task_data, split, config.batch_size, len(steps.devices),
-                                    train=True, seed=config.seed, epoch=config.epochs):
+      for batch in _batches(task_data, split, config, steps.place, train=True,
+                            epoch=config.epochs):
         replicated = steps.statistics(k)(replicated, {"image": batch["image"]})
   return replicated
 
@@ -287,114 +354,161 @@ def validation_score(latest: dict[str, float], names, release: bool) -> float | 
   return score_lib.decathlon_score({name: latest[name] for name in names})[0]
 
 
-def _claim_run_folder(config: DecathlonConfig) -> None:
-  """The run folder policy of the dense runs (`rundir.claim`); config.json written by a new run."""
-  workdir = pathlib.Path(config.workdir)
-  rundir.claim(workdir, resume=config.resume, overwrite=config.overwrite, error=DecathlonRunError,
-               differences=lambda saved: schema.differences(saved, config, "config.json"))
-  if not (workdir / "config.json").exists():
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+
+def check_batches(config: DecathlonConfig, tasks, place: parallel.Place) -> None:
+  """Refuses a batch that cannot be split over the devices, and (without the partial batch) a
+  task whose training split is smaller than one batch: it would never be trained."""
+  if config.batch_size % place.global_count:
+    raise RunError(f"--batch_size: expected a multiple of the {place.global_count} devices, "
+                   f"found {config.batch_size}")
+  least = place.global_count if config.keep_partial_batch else config.batch_size
+  small = [f"{t.task.name} ({len(t.splits['train'])})" for t in tasks
+           if len(t.splits["train"]) < least]
+  if small:
+    raise RunError(f"--batch_size {config.batch_size}: the training split of {', '.join(small)} "
+                   f"examples is smaller than "
+                   + ("the device count" if config.keep_partial_batch else "one batch"))
 
 
-def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...], say=print) -> dict[str, Any]:
+def _describe(position: dict[str, Any]) -> str:
+  """Where a checkpoint stands, from its JSON record."""
+  if "task" in position:
+    return (f"checkpoint in epoch {position['epoch']} at task {position['task']}, step "
+            f"{position['step']} of its split {position['split']}")
+  return f"checkpoint after epoch {position['epoch'] - 1}"
+
+
+def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...]) -> dict[str, Any]:
   """Trains `config.epochs` epochs over `tasks` (the ten, in the Decathlon's order), evaluating
   each trained task on its validation split after every epoch (mode "eval"), checkpointing every
-  epoch; then predicts every task's test split after its settling epoch. Returns the summary
-  (also summary.json, see `_test`); with the release (tasks with file names), the predictions go
-  into test_predictions.json and, given `config.annotations_dir`, the challenge server's
-  results.json."""
+  epoch (and where a signal stops it); then predicts every task's test split after its settling
+  epoch. Returns the summary (also summary.json, see `_test`); with the release (tasks with file
+  names), the predictions go into test_predictions.json and, given `config.annotations_dir`, the
+  challenge server's results.json."""
   config.validate()
-  problem = rundir.start_problem(config.workdir, config.resume, config.overwrite)
-  if problem:  # before creating the folder
-    raise DecathlonRunError(problem)
-  workdir = pathlib.Path(config.workdir)
-  devices = jax.local_devices()[:config.devices or None]
-  if config.batch_size % len(devices):
-    raise DecathlonRunError(f"--batch_size: expected a multiple of the {len(devices)} devices, "
-                            f"found {config.batch_size}")
-  small = [f"{t.task.name} ({len(t.splits['train'])})" for t in tasks
-           if len(t.splits["train"]) < config.batch_size]
-  if small:  # training drops partial batches: such a task would never be trained
-    raise DecathlonRunError(f"--batch_size {config.batch_size}: the training split of "
-                            f"{', '.join(small)} examples is smaller than one batch")
-  classes = tuple(t.task.classes for t in tasks)
-  model = wrn.WideResNetMTAN(classes, config.depth, config.widen_factor, bn_axis_name=AXIS)
-  optimizer = make_optimizer(config.weight_decay)
-  size = tasks[0].image_size
-  with rundir.RunFolderLock(workdir):
-    _claim_run_folder(config)
-    checkpoints = checkpoint_lib.Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-    first_task_state = checkpoint_lib.Checkpointer(workdir / FIRST_TASK_CHECKPOINT, 1)
-    try:
-      state = create_state(model, optimizer, size, config.seed)
-      restored = checkpoints.restore_intact(state, say=say) if config.resume else None
-      if restored is not None:
-        state = restored[1]
-      start = int(state.epoch)
-      log = runlog.RunLog(workdir, first_epoch=start)
-      latest = latest_validation(runlog.read_records(workdir))  # the epochs kept, on a resume
-      steps = Steps(model, optimizer, devices)
-      replicated = step_lib.replicate(state, devices, devices)
-      splits = ("train", "val") if config.mode == "all" else ("train",)
+  harness.Session.check_start(config)
+  with harness.Session(config) as session:
+    place = parallel.Place.of(config.devices)
+    check_batches(config, tasks, place)
+    model = wrn.WideResNetMTAN(tuple(t.task.classes for t in tasks), config.depth,
+                               config.widen_factor, bn_axis_name=AXIS)
+    optimizer = make_optimizer(config.weight_decay)
+    fresh = lambda: create_state(model, optimizer, tasks[0].image_size, config.seed)  # noqa: E731
+    checkpoints = session.checkpointer()
+    first_task_state = session.checkpointer(FIRST_TASK_CHECKPOINT, keep=1)
+    state, position = session.restore(checkpoints, fresh, _describe)
+    steps = Steps(model, optimizer, place, parallel.memory_advice(
+        "batch_size", config.batch_size, place.global_count))
+    log = session.log(int(state.epoch))
+    replicated = _Epochs(config, tasks, steps, session, checkpoints, first_task_state, log).run(
+        place.replicate(state), position)
+    checkpoints.wait()
+    first_task_state.wait()
+    first = None
+    if first_task_state.latest() is not None:
+      first = place.replicate(first_task_state.restore_intact(
+          jax.eval_shape(fresh), session.say, check_record=session.check_record,
+          move_damaged=session.is_main)[1])
+    with parallel.out_of_memory_explained(lambda: ("the test predictions", steps.advice)):
+      summary, predictions = _test(replicated, first, steps, tasks, config)
+    if predictions and session.is_main:
+      results_lib.save_predictions(session.workdir, predictions,
+                                   {t.task.name: t.class_folders for t in tasks})
+      summary["test_predictions"] = results_lib.PREDICTIONS
+    session.write_summary(summary)
+    if predictions and config.annotations_dir and session.is_main:
+      try:
+        count = results_lib.write_run_results(session.workdir, config.annotations_dir)
+        session.say(f"The challenge server's results file: {session.workdir / results_lib.RESULTS}"
+                    f" ({count} test images)")
+      except results_lib.ResultsError as error:  # the run is complete; the file can be made later
+        session.say(f"warning: no {results_lib.RESULTS}: {error}; make it with python -m "
+                    f"mtan_jax.decathlon.results {session.workdir} --annotations_dir=DIR")
+  return summary
+
+
+@dataclasses.dataclass
+class _Epochs:
+  """The epoch loop of one Decathlon run and what it works with."""
+
+  config: DecathlonConfig
+  tasks: tuple
+  steps: Steps
+  session: harness.Session
+  checkpoints: Any
+  first_task_state: Any
+  log: runlog.RunLog
+
+  def run(self, replicated, position: dict[str, Any]):
+    """Every epoch from the state's on: each task in turn, its validation (mode "eval"), the
+    log and the checkpoint; a signal saves the exact position (epoch, task, split, step and the
+    sums so far) and stops. Returns the final (replicated) state."""
+    config, tasks = self.config, self.tasks
+    start = int(parallel.unreplicate(replicated.epoch))
+    latest = latest_validation(runlog.read_records(self.session.workdir))  # the epochs kept
+    splits = ("train", "val") if config.mode == "all" else ("train",)
+    where = {"what": "train step", "advice": self.steps.advice}
+    blame = lambda: (f"the {where['what']}", where["advice"])  # noqa: E731
+    with harness.StopOnSignal() as stop, parallel.out_of_memory_explained(blame):
       for epoch in range(start, config.epochs):
         began = time.perf_counter()
-        if config.drop_first_task_epoch and epoch == config.drop_first_task_epoch:
-          replicated = steps.fresh_optimizer(replicated)  # the reference's new SGD at the drop
+        mid_epoch = "task" in position
+        if config.drop_first_task_epoch and epoch == config.drop_first_task_epoch and not mid_epoch:
+          replicated = self.steps.fresh_optimizer(replicated, keep_seen=True)  # a new SGD
         lr = learning_rate(config, epoch)
-        record = {"epoch": epoch, "lr": lr, "train": {}, "validation": {}}
-        for k in range(first_task(config, epoch), len(tasks)):
+        record = position.get("record") or {"epoch": epoch, "lr": lr, "train": {},
+                                            "validation": {}}
+        first = position.get("task", first_task(config, epoch))
+        for k in range(first, len(tasks)):
           name = tasks[k].task.name
-          replicated, record["train"][name] = train_epoch_of_task(
-              replicated, steps, tasks[k], k, splits, config, epoch, lr)
+          where["what"] = f"train step of {name} in epoch {epoch}"
+          resume = (position["split"], position["step"]) if k == first and mid_epoch else (0, 0)
+          sums = TaskPass(**position["sums"]) if k == first and mid_epoch else None
+          replicated, result, stopped_at = train_epoch_of_task(
+              replicated, self.steps, tasks[k], k, splits, config, epoch, lr, stop, resume, sums,
+              harness.SkipCounter(f"epoch {epoch}", config.max_skipped_steps,
+                                  _describe(position) if position else None))
+          if stopped_at is not None:
+            self.session.interrupt(
+                stop, self.checkpoints, replicated,
+                {"epoch": epoch, "task": k, "split": stopped_at[0], "step": stopped_at[1],
+                 "sums": dataclasses.asdict(result), "record": record},
+                f"in epoch {epoch} in task {name} after step {stopped_at[1]} of its "
+                f"{splits[stopped_at[0]]} split")
+          record["train"][name] = result
           if config.mode == "eval":
-            record["validation"][name] = evaluate(replicated, steps, tasks[k], k, "val",
-                                                  config.batch_size)[0]
+            where["what"] = f"evaluation step of {name} in epoch {epoch}"
+            record["validation"][name] = evaluate(replicated, self.steps, tasks[k], k, "val",
+                                                  config)[0]
+        position = {}
         latest = latest_validation([record], latest)
         score = validation_score(latest, [t.task.name for t in tasks], is_release(tasks))
         if score is not None:
           record["validation_score"] = score
+        changes = self.session.pop_changes()
+        if changes:
+          record["config_changes"] = changes
         replicated = replicated.replace(epoch=replicated.epoch + 1)
-        record["seconds"] = time.perf_counter() - began
-        log.epoch(record)
-        host = step_lib.unreplicate(replicated)
-        checkpoints.save(int(host.step), host, {"epoch": epoch + 1})
+        record["seconds"] = record.get("seconds", 0.0) + time.perf_counter() - began
+        self.log.epoch(record)
+        self.session.save(self.checkpoints, replicated, {"epoch": epoch + 1})
         if epoch + 1 == config.drop_first_task_epoch:  # the first task's final state
-          first_task_state.save(int(host.step), host, {"epoch": epoch + 1})
+          self.session.save(self.first_task_state, replicated, {"epoch": epoch + 1})
         if config.progress:
-          say(_format_epoch(record))
-      log.close()
-      checkpoints.wait()
-      first_task_state.wait()
-      first = None
-      if first_task_state.latest() is not None:
-        first = step_lib.replicate(first_task_state.restore_intact(state, say=say)[1], devices,
-                                   devices)
-    finally:
-      checkpoints.close()
-      first_task_state.close()
-    summary, predictions = _test(replicated, first, steps, tasks, config)
-    if predictions:
-      results_lib.save_predictions(workdir, predictions,
-                                   {t.task.name: t.class_folders for t in tasks})
-      summary["test_predictions"] = results_lib.PREDICTIONS
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if predictions and config.annotations_dir:
-      try:
-        count = results_lib.write_run_results(workdir, config.annotations_dir)
-        say(f"The challenge server's results file: {workdir / results_lib.RESULTS} ({count} "
-            f"test images)")
-      except results_lib.ResultsError as error:  # the run is complete; the file can be made later
-        say(f"warning: no {results_lib.RESULTS}: {error}; make it with python -m "
-            f"mtan_jax.decathlon.results {workdir} --annotations_dir=DIR")
-  return summary
+          self.session.say(_format_epoch(record))
+        if stop.signal_number is not None and epoch + 1 < config.epochs:
+          self.session.interrupt(stop, self.checkpoints, replicated, None, f"after epoch {epoch}")
+    return replicated
 
 
 def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig
           ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
   """The end of a run, as the reference's evaluation script: every task on its test split after its
-  settling epoch, in task order on one evolving state; the first task from its own final state
-  (`first`, the state when it was dropped) when it was dropped. Before that (mode "eval"), every
-  task on its validation split with the trained state.
+  settling epoch, in task order on one evolving state with one SGD for them all (its momentum
+  carried from task to task); the first task from its own final state (`first`, the state when it
+  was dropped) with an SGD of its own when it was dropped. Each SGD starts on a model loaded from
+  its weights: no parameter has had a gradient. Before that (mode "eval"), every task on its
+  validation split with the trained state.
 
   Returns the summary {"test": {task: {"loss", "accuracy"}} (tasks with test labels: the stand-in),
   "validation": the same on the validation splits (mode "eval"), "accuracy_split": which of the two
@@ -405,13 +519,14 @@ def _test(replicated, first, steps: Steps, tasks, config: DecathlonConfig
   if config.mode == "eval":
     for k, t in enumerate(tasks):
       state = first if k == 0 and first is not None else replicated
-      validation[t.task.name] = evaluate(state, steps, t, k, "val", config.batch_size)[0]
+      validation[t.task.name] = evaluate(state, steps, t, k, "val", config)[0]
+  replicated = steps.fresh_optimizer(replicated)
   for k, t in enumerate(tasks):
     if k == 0 and first is not None:
-      settled = settle(first, steps, t, 0, config)
+      settled = settle(steps.fresh_optimizer(first), steps, t, 0, config)
     else:
       settled = replicated = settle(replicated, steps, t, k, config)
-    metrics, predicted = evaluate(settled, steps, t, k, "test", config.batch_size)
+    metrics, predicted = evaluate(settled, steps, t, k, "test", config)
     if metrics:
       test[t.task.name] = metrics
     if t.names is not None:

@@ -135,6 +135,13 @@ class WideResNetMTAN(nn.Module):
     return branch(task)
 
 
+def used_by_task(params: dict, task: int) -> dict[str, bool]:
+  """{top-level parameter name: whether task `task`'s loss reads it}: the shared network and f
+  blocks, and the task's own masks and head (other tasks' start with "task{j}_")."""
+  own = f"task{task}_"
+  return {name: not name.startswith("task") or name.startswith(own) for name in params}
+
+
 def parameter_groups(params: dict) -> dict[str, int]:
   """The parameter counts of `params` (a WideResNetMTAN's, arrays or shapes) by part: the shared
   WRN, the shared attention f blocks, one task's masks, every task's masks, the heads, the total."""
