@@ -29,7 +29,8 @@ def parameter_table(dataset: str, num_classes: int | None = None,
   """
   tasks = tasks_lib.dataset_tasks(dataset, num_classes=num_classes)
   rows: dict[str, int] = {}
-  for name, spec in registry.MODELS.items():
+  for name in registry.MODEL_NAMES:
+    spec = registry.get_spec(name)
     if spec.single_task:
       per_task = {t.name: registry.count_parameters(name, (t,), width_mult=width_mult)
                   for t in tasks}

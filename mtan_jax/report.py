@@ -37,11 +37,11 @@ from mtan_jax import runlog
 from mtan_jax import runs as runs_lib
 from mtan_jax import schema
 from mtan_jax import tasks as tasks_lib
+from mtan_jax.models import registry
 
 PAPER_FILE = pathlib.Path(__file__).with_name("paper_results.md")
-ARCHITECTURES = {"single": "One Task", "stan": "STAN", "split_standard": "Split, Standard",
-                 "split_wide": "Split, Wide", "split_deep": "Split, Deep", "dense": "Dense",
-                 "cross_stitch": "Cross-Stitch", "mtan": "MTAN"}
+# The dense models' row labels, in the registry's order (its entries own their titles).
+ARCHITECTURES = {name: registry.TITLES[name] for name in registry.MODEL_NAMES}
 
 
 PERCENT = {"miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30"}

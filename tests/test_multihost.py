@@ -62,3 +62,42 @@ def test_two_processes_train_like_one(tmp_path):
   # Only process 0 writes the run's logs.
   assert (tmp_path / "multi" / "metrics.jsonl").exists()
   assert "mtan on" not in outputs[1][0] and "split_standard on" in outputs[0][0]
+
+
+def test_two_processes_train_the_decathlon_like_one(tmp_path):
+  """The Decathlon's run over two processes (two CPU devices each): each reads its share of every
+  batch; the losses are those of one process with four devices (this one), only process 0 writes,
+  and the test predictions cover every example (gathered from both hosts)."""
+  from mtan_jax.decathlon import train as decathlon_train  # pylint: disable=import-outside-toplevel
+  from tests import multihost_worker  # pylint: disable=import-outside-toplevel
+  worker = ROOT / "tests" / "multihost_worker.py"
+  port = free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+                                   "--xla_backend_optimization_level=0"}  # as conftest
+  xla_cpu.configure(env)
+  processes = [subprocess.Popen(
+      [sys.executable, str(worker), str(tmp_path / "multi"), "-", str(port), "2", str(index),
+       "decathlon"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for index in range(2)]
+  single = dataclasses.replace(multihost_worker.decathlon_config(tmp_path / "single"), devices=4)
+  tasks = multihost_worker.decathlon_tasks()
+  summary = decathlon_train.run(single, tasks)  # while the two processes run
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  multi, single_run = (
+      [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+      for name in ("multi", "single"))
+  for task in ("imagenet12", "svhn"):
+    assert multi[0]["train"][task]["loss"] == pytest.approx(single_run[0]["train"][task]["loss"],
+                                                            rel=1e-3)
+  assert multi[1]["validation"]["svhn"]["loss"] == pytest.approx(
+      single_run[1]["validation"]["svhn"]["loss"], rel=1e-3)
+  saved = json.loads((tmp_path / "multi" / "summary.json").read_text())
+  for task in ("imagenet12", "svhn"):  # every test example counted once, over both hosts
+    assert saved["test"][task]["loss"] == pytest.approx(summary["test"][task]["loss"], rel=1e-3)
+    # a near-tie flipped by rounding may move one prediction (of five or ten)
+    assert saved["test"][task]["accuracy"] == pytest.approx(summary["test"][task]["accuracy"],
+                                                            abs=0.21)
+  said = [line for line in outputs[1][0].splitlines() if not line.startswith("[Gloo]")]
+  assert not said  # process 1 says nothing (gloo's own connection lines aside)

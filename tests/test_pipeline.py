@@ -112,6 +112,36 @@ def test_processes_read_their_own_share_of_each_global_batch(train):
       np.testing.assert_array_equal(joined, batch[key])
 
 
+def test_a_process_whose_last_share_is_all_padding_gets_a_padding_batch(train):
+  """9 examples, global batches of 4 over two processes: process 1's share of the last batch
+  (positions 10, 11) is past the split's end, and is padding shaped like the others."""
+  shares = [collect(pipeline.Loader(train, global_batch_size=4, process_index=p, process_count=2,
+                                    workers=0), 0) for p in range(2)]
+  assert [len(s) for s in shares] == [3, 3]
+  last = shares[1][-1]
+  chex.assert_shape(last["image"], (1, 2, 64, 96, 3))
+  assert np.all(last["segmentation"] == -1) and not np.any(last["image"])
+  assert not np.any(last["depth"]) and not np.any(last["normal"])
+
+
+def test_a_kept_remainder_is_cut_to_a_multiple_of_every_processs_devices(train):
+  """Training without drop_last: 9 examples in batches of 4 over two processes of one device
+  each: 4 + 4, and the remainder (1) is fewer than the 2 devices, so no third batch; batches of 6
+  on one process of two devices: 6, then the remainder 3 cut to 2; on one device nothing is cut."""
+  def shares(batch):
+    return [collect(pipeline.Loader(train, global_batch_size=batch, shuffle=True, seed=2,
+                                    keep_remainder=True, process_index=p, process_count=2,
+                                    workers=0), 0) for p in range(2)]
+  assert [len(s) for s in shares(4)] == [2, 2]
+  three = pipeline.Loader(train, global_batch_size=6, keep_remainder=True, local_devices=2,
+                          workers=0)
+  assert len(three) == 2 and three.batch_size(1) == 2
+  chex.assert_shape(collect(three, 0)[1]["image"], (2, 1, 64, 96, 3))
+  single = collect(pipeline.Loader(train, global_batch_size=4, shuffle=True, seed=2,
+                                   keep_remainder=True, workers=0), 0)
+  assert [b["image"].shape[1] for b in single] == [4, 4, 1]  # one device: nothing cut
+
+
 def test_background_workers_give_the_same_batches(train):
   kwargs = dict(global_batch_size=2, shuffle=True, seed=4, augment=True, drop_remainder=True)
   serial = collect(pipeline.Loader(train, workers=0, **kwargs), 1)

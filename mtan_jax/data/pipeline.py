@@ -343,8 +343,13 @@ class Loader:
       example = self.transform(example, np.random.default_rng([self.seed, epoch, position, 2]))
     return example
 
-  def _assemble(self, examples: list) -> dict[str, np.ndarray]:
-    template = next(e for e in examples if e is not None)
+  def _assemble(self, examples: list, epoch: int) -> dict[str, np.ndarray]:
+    """The batch `[local devices, B, ...]` of `examples`, None ones as padding; a share that is
+    all padding (the last evaluation batch of a process past the split's end) is shaped like the
+    split's first example."""
+    template = next((e for e in examples if e is not None), None)
+    if template is None:
+      template = self._example(epoch, 0)
     examples = [e if e is not None else _zeros_like(template) for e in examples]
     shape = (self.local_devices, len(examples) // self.local_devices)
     batch = {k: np.stack([e[k] for e in examples]).reshape(shape + template[k].shape)
@@ -357,7 +362,8 @@ class Loader:
     steps = range(start_step, len(self))
     if self.workers <= 0:
       for step in steps:
-        yield self._assemble([self._example(epoch, p) for p in self._local_positions(step)])
+        yield self._assemble([self._example(epoch, p) for p in self._local_positions(step)],
+                             epoch)
       return
     pool = self._executor()
     pending = collections.deque()
@@ -366,9 +372,9 @@ class Loader:
         pending.append([pool.submit(self._example, epoch, p)
                         for p in self._local_positions(step)])
         if len(pending) >= self.prefetch:
-          yield self._assemble([f.result() for f in pending.popleft()])
+          yield self._assemble([f.result() for f in pending.popleft()], epoch)
       while pending:
-        yield self._assemble([f.result() for f in pending.popleft()])
+        yield self._assemble([f.result() for f in pending.popleft()], epoch)
     finally:  # an abandoned epoch: drop the work queued for it
       for futures in pending:
         for f in futures:

@@ -35,6 +35,7 @@ from mtan_jax.decathlon import data as data_lib
 from mtan_jax.decathlon import results as results_lib
 from mtan_jax.decathlon import score as score_lib
 from mtan_jax.decathlon.config import DecathlonConfig
+from mtan_jax.models import registry
 from mtan_jax.models import wrn
 from mtan_jax.parallel import AXIS, RunError
 
@@ -390,8 +391,9 @@ def run(config: DecathlonConfig, tasks: tuple[data_lib.TaskData, ...]) -> dict[s
   with harness.Session(config) as session:
     place = parallel.Place.of(config.devices)
     check_batches(config, tasks, place)
-    model = wrn.WideResNetMTAN(tuple(t.task.classes for t in tasks), config.depth,
-                               config.widen_factor, bn_axis_name=AXIS)
+    model = registry.build("wrn_mtan", classes=tuple(t.task.classes for t in tasks),
+                           depth=config.depth, widen_factor=config.widen_factor,
+                           bn_axis_name=AXIS)
     optimizer = make_optimizer(config.weight_decay)
     fresh = lambda: create_state(model, optimizer, tasks[0].image_size, config.seed)  # noqa: E731
     checkpoints = session.checkpointer()
@@ -493,7 +495,11 @@ class _Epochs:
         self.log.epoch(record)
         self.session.save(self.checkpoints, replicated, {"epoch": epoch + 1})
         if epoch + 1 == config.drop_first_task_epoch:  # the first task's final state
+          # Two managers' asynchronous saves at once would share orbax's multi-host barriers:
+          # this one (once a run) is written alone.
+          self.checkpoints.wait()
           self.session.save(self.first_task_state, replicated, {"epoch": epoch + 1})
+          self.first_task_state.wait()
         if config.progress:
           self.session.say(_format_epoch(record))
         if stop.signal_number is not None and epoch + 1 < config.epochs:

@@ -1,8 +1,11 @@
-"""Every model of the paper's tables by name: `build_model(name, tasks, ...)`, parameter counts."""
+"""Every model of the paper by name, each built by keyword from its registry entry: the dense
+models (`build_model(name, tasks, ...)`, the `--model` choices) and the Decathlon's WRN MTAN
+(`build("wrn_mtan", classes=..., depth=..., widen_factor=...)`); titles and parameter counts."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -14,6 +17,7 @@ from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import baselines
 from mtan_jax.models import mtan
 from mtan_jax.models import segnet
+from mtan_jax.models import wrn
 
 
 def _is_head(name: str, tasks: tuple[str, ...]) -> bool:
@@ -27,13 +31,17 @@ class ModelSpec:
 
   Attributes:
     name: registry name.
-    title: the paper's name for it.
-    base_filters: SegNet stage widths at width multiplier 1.
+    title: the paper's name for it (the report's row label).
+    build: the flax module's constructor, called with keywords: a dense model's with tasks,
+      filters, dtype and bn_axis_name; a classifier's with its own (the WRN's: classes, depth,
+      widen_factor, dtype, bn_axis_name).
+    kind: "dense" (per-pixel tasks: NYUv2, CityScapes) or "classification" (the Decathlon).
+    backbone: the network the tasks share or each run ("segnet", "wrn").
+    base_filters: SegNet stage widths at width multiplier 1 (dense models).
     single_task: True when the architecture takes exactly one task (Single, STAN).
     holds_log_variances: True when the reference model holds the uncertainty weighting's log-variances
       (`logsigma`, one per task). Here they belong to the weighting, not to the network, but they count
       in the reference's #P.
-    build: (tasks, filters, dtype, bn_axis_name) -> flax module.
     task_specific: (top-level parameter name, task names) -> whether only one task's loss depends
       on it (its task-specific parameters); the others are shared, and the gradient-level weightings
       combine the task gradients over them.
@@ -44,10 +52,12 @@ class ModelSpec:
 
   name: str
   title: str
-  base_filters: tuple[int, ...]
-  single_task: bool
-  holds_log_variances: bool
   build: Callable[..., nn.Module]
+  kind: str = "dense"
+  backbone: str = "segnet"
+  base_filters: tuple[int, ...] = segnet.VGG16_FILTERS
+  single_task: bool = False
+  holds_log_variances: bool = True
   task_specific: Callable[[str, tuple[str, ...]], bool] = _is_head
   representation: bool = False
 
@@ -67,39 +77,45 @@ def _is_task_branch(name: str, tasks: tuple[str, ...]) -> bool:
 WIDE_FILTERS = (64, 128, 256, 512, 1024)
 
 
-def _dense(tasks, filters, dtype, bn_axis_name):
+def _dense(*, tasks, **kwargs):
   # The reference sizes the dead last block of the shared decoder with its segmentation class count.
   seg = [t.channels for t in tasks if t.name == tasks_lib.SEGMENTATION]
-  return baselines.DenseSegNet(tasks, filters, seg[0] if seg else 13, dtype, bn_axis_name)
+  return baselines.DenseSegNet(tasks=tasks, dead_channels=seg[0] if seg else 13, **kwargs)
 
 
+_SPLIT = functools.partial(baselines.SplitSegNet, convs_per_layer=1)
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec("single", "One Task", segnet.VGG16_FILTERS, True, False,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a)),
-    ModelSpec("stan", "STAN", segnet.VGG16_FILTERS, True, False,
-              lambda t, f, d, a: mtan.MTAN(t, f, d, a)),
-    ModelSpec("split_standard", "Split, Standard", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a), representation=True),
-    ModelSpec("split_wide", "Split, Wide", WIDE_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 1, d, a), representation=True),
-    ModelSpec("split_deep", "Split, Deep", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.SplitSegNet(t, f, 2, d, a), representation=True),
-    ModelSpec("dense", "Dense", segnet.VGG16_FILTERS, False, True, _dense, _is_task_branch,
+    ModelSpec("single", "One Task", _SPLIT, single_task=True, holds_log_variances=False),
+    ModelSpec("stan", "STAN", mtan.MTAN, single_task=True, holds_log_variances=False),
+    ModelSpec("split_standard", "Split, Standard", _SPLIT, representation=True),
+    ModelSpec("split_wide", "Split, Wide", _SPLIT, base_filters=WIDE_FILTERS,
               representation=True),
-    ModelSpec("cross_stitch", "Cross-Stitch", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: baselines.CrossStitchSegNet(t, f, d, a), _is_after_last_stitch),
-    ModelSpec("mtan", "MTAN", segnet.VGG16_FILTERS, False, True,
-              lambda t, f, d, a: mtan.MTAN(t, f, d, a), _is_task_branch, representation=True),
+    ModelSpec("split_deep", "Split, Deep",
+              functools.partial(baselines.SplitSegNet, convs_per_layer=2), representation=True),
+    ModelSpec("dense", "Dense", _dense, task_specific=_is_task_branch, representation=True),
+    ModelSpec("cross_stitch", "Cross-Stitch", baselines.CrossStitchSegNet,
+              task_specific=_is_after_last_stitch),
+    ModelSpec("mtan", "MTAN", mtan.MTAN, task_specific=_is_task_branch, representation=True),
+    ModelSpec("wrn_mtan", "MTAN, WRN-28-4", wrn.WideResNetMTAN, kind="classification",
+              backbone="wrn", base_filters=(), holds_log_variances=False),
 )}
-MODEL_NAMES = tuple(MODELS)
+# The dense models: the experiment scripts' --model choices.
+MODEL_NAMES = tuple(name for name, spec in MODELS.items() if spec.kind == "dense")
+TITLES = {name: spec.title for name, spec in MODELS.items()}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def get_spec(name: str) -> ModelSpec:
   if name not in MODELS:
-    raise ValueError(f"model: expected one of {MODEL_NAMES}, found {name!r}")
+    raise ValueError(f"model: expected one of {tuple(MODELS)}, found {name!r}")
   return MODELS[name]
+
+
+def build(name: str, **kwargs) -> nn.Module:
+  """Model `name` built from its entry with the keywords its constructor takes (for a dense model,
+  `build_model` checks them and scales the widths)."""
+  return get_spec(name).build(**kwargs)
 
 
 def scaled_filters(name: str, width_mult: float = 1.0,
@@ -135,6 +151,9 @@ def build_model(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: flo
     images `[B, H, W, 3]` with H and W divisible by 32; outputs `{task name: [B, H, W, channels]}`.
   """
   spec = get_spec(name)
+  if spec.kind != "dense":
+    raise ValueError(f"model {name!r} is a {spec.kind} model: expected one of {MODEL_NAMES} "
+                     f"(build it with registry.build)")
   tasks = tuple(tasks)
   if not tasks or not all(isinstance(t, tasks_lib.Task) for t in tasks):
     raise ValueError(f"tasks: expected a non-empty tuple of mtan_jax.tasks.Task, found {tasks!r}")
@@ -147,7 +166,8 @@ def build_model(name: str, tasks: tuple[tasks_lib.Task, ...], *, width_mult: flo
     if dtype not in DTYPES:
       raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, found {dtype!r}")
     dtype = DTYPES[dtype]
-  return spec.build(tasks, scaled_filters(name, width_mult, filters), dtype, bn_axis_name)
+  return spec.build(tasks=tasks, filters=scaled_filters(name, width_mult, filters), dtype=dtype,
+                    bn_axis_name=bn_axis_name)
 
 
 def shared_parameter_names(name: str, params, tasks: tuple[tasks_lib.Task, ...]) -> frozenset[str]:
