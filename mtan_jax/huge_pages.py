@@ -2,10 +2,10 @@
 
 XLA's CPU runtime allocates every intermediate array of a step with the C library's `malloc`;
 arrays this size (tens to hundreds of MB for MTAN at 288x384) are fresh `mmap`s, given back at the
-end of the step, so each step touches all its memory anew, one 4 KiB page fault at a time. MTAN's
-step at 288x384, batch 2, took 9.5 million page faults and about 16 s on a 2-core CPU; with glibc's
-malloc asking the kernel for 2 MiB transparent huge pages (the tunable `glibc.malloc.hugetlb=1`,
-glibc >= 2.35) it took 0.54 million and 12 s (figures: README, CPU section).
+end of the step, so each step touches all its memory anew, one 4 KiB page fault at a time. With
+glibc's malloc asking the kernel for 2 MiB transparent huge pages (the tunable
+`glibc.malloc.hugetlb=1`, glibc >= 2.35) a step takes far fewer faults and less time (figures:
+docs/speed.md).
 
 glibc reads its tunables (`GLIBC_TUNABLES`) once, when the process starts, so the setting cannot
 be made from inside a running Python: `restart_with_huge_pages` restarts the process (`exec`, same

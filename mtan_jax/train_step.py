@@ -150,8 +150,7 @@ def _gradients_by_task(forward, state: TrainState, batch, tasks, weighting: Weig
   with jax.named_scope("task_gradients"):
     # K pullbacks of the one forward pass, each a plain backward pass. Vmapping the pullback over
     # the K unit cotangents computes the same in one batched backward pass, but XLA's CPU
-    # convolutions run the batched transposes at half the speed (MTAN 288x384 at width 1/4,
-    # batch 2: 6.7 s against 3.3 s, equal's step 1.7 s).
+    # convolutions run the batched transposes at about half the speed (docs/speed.md).
     cotangents = jnp.eye(len(tasks), dtype=scaled.dtype)
     per_task = [pullback(cotangents[k])[0] for k in range(len(tasks))]
     task_grads = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *per_task)

@@ -2,9 +2,8 @@
 
 XLA's CPU backend (jaxlib 0.10 to 0.12) hands each convolution to YNNPACK (its
 "individual_convolution" fusions). YNNPACK's forward convolutions are as fast as XLA's own, but
-the kernel gradient it computes is several times slower: at 288x384, 64 -> 128 channels, batch 2
-on a 2-core CPU, 0.92 s against 0.17 s for XLA's own lowering, and MTAN's training step spends
-half its time in kernel gradients. `configure` turns that one fusion type off
+the kernel gradient it computes is several times slower than XLA's own lowering
+(docs/speed.md), and MTAN's training step spends half its time in kernel gradients. `configure` turns that one fusion type off
 (`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`); YNNPACK keeps the matrix
 products and element-wise work it is good at (turning it off altogether is slower on small
 images). The option only changes which library computes each convolution, so results agree to
