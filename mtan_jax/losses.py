@@ -14,46 +14,19 @@ import jax
 import jax.numpy as jnp
 
 from mtan_jax import tasks as tasks_lib
+# The kinds' own losses (declared with their kinds), by their names.
+from mtan_jax.task_kinds import depth_l1, normal_cosine, segmentation_nll  # noqa: F401
 
 
 def valid_mask(task: tasks_lib.Task, target: jax.Array) -> jax.Array:
   """`[B, H, W]` float32: 1 where the target defines the pixel."""
-  if task.name == tasks_lib.SEGMENTATION:
-    return (target >= 0).astype(jnp.float32)
-  return (jnp.sum(target, axis=-1) != 0).astype(jnp.float32)
-
-
-def segmentation_nll(log_probs: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Negative log-likelihood of the labels (log_probs `[B, H, W, C]`, labels `[B, H, W]`, -1 =
-  ignored): (sum, count) over labelled pixels."""
-  valid = (labels >= 0).astype(jnp.float32)
-  picked = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
-  return -jnp.sum(picked * valid), jnp.sum(valid)
-
-
-def depth_l1(prediction: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """|prediction - target| over pixels with target != 0: (sum, count)."""
-  valid = valid_mask(tasks_lib.depth(), target)[..., None]
-  return jnp.sum(jnp.abs(prediction - target) * valid), jnp.sum(valid)
-
-
-def normal_cosine(prediction: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """1 - <prediction, target> over pixels with a defined normal: (sum, count).
-
-  The prediction is unit length, so this is 1 - cos(angle), as the reference's
-  `1 - sum(pred * gt * mask) / N`.
-  """
-  valid = valid_mask(tasks_lib.normal(), target)
-  cosine = jnp.sum(prediction * target, axis=-1)
-  return jnp.sum((1.0 - cosine) * valid), jnp.sum(valid)
+  return task.kind.valid(target)
 
 
 def task_loss_sums(task: tasks_lib.Task, prediction: jax.Array,
                    target: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum, count) of `task`'s loss on one device's batch."""
-  fn = {tasks_lib.SEGMENTATION: segmentation_nll, tasks_lib.DEPTH: depth_l1,
-        tasks_lib.NORMAL: normal_cosine}[task.name]
-  return fn(prediction.astype(jnp.float32), target)
+  return task.kind.loss(prediction.astype(jnp.float32), target)
 
 
 def mean_over_axis(total: jax.Array, count: jax.Array, axis_name: str | None) -> jax.Array:

@@ -21,107 +21,31 @@ All values are fractions (pixel accuracy 0.55, not 55%), angles in degrees.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtan_jax import losses as losses_lib
-from mtan_jax import tasks as tasks_lib
+from mtan_jax import task_kinds
+from mtan_jax.task_kinds import ANGLE_THRESHOLDS, HISTOGRAM_BINS, histogram_median  # noqa: F401
 
-HISTOGRAM_BINS = 18000  # 0.01-degree bins over [0, 180]
-ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 MODES = ("exact", "reference")
 
-# Whether a larger value is better, per metric (for tables and Δm).
-HIGHER_IS_BETTER = {"miou": True, "pixel_accuracy": True, "abs_error": False, "rel_error": False,
-                    "angle_mean": False, "angle_median": False, "within_11.25": True,
-                    "within_22.5": True, "within_30": True}
-TASK_METRICS = {tasks_lib.SEGMENTATION: ("miou", "pixel_accuracy"),
-                tasks_lib.DEPTH: ("abs_error", "rel_error"),
-                tasks_lib.NORMAL: ("angle_mean", "angle_median", "within_11.25", "within_22.5",
-                                   "within_30")}
+# Whether a larger value is better, per metric (for tables and Δm), and each task's metrics in
+# table order: both read from the task kinds' declarations.
+HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in task_kinds.METRICS.items()}
+TASK_METRICS = {name: kind.metric_names for name, kind in task_kinds.KINDS.items()}
 
 
 def batch_sums(tasks, outputs: dict[str, jax.Array], batch: dict[str, jax.Array],
                axis_name: str | None = None) -> dict[str, dict[str, jax.Array]]:
   """Per-task metric sums of one batch (on device; summed over `axis_name` when given)."""
-  sums = {}
-  for task in tasks:
-    prediction, target = outputs[task.name], batch[task.name]
-    if task.name == tasks_lib.SEGMENTATION:
-      c = task.channels
-      valid = ((target >= 0) & (target < c)).astype(jnp.float32)
-      target_1hot = jax.nn.one_hot(jnp.clip(target, 0, c - 1), c) * valid[..., None]
-      predicted_1hot = jax.nn.one_hot(jnp.argmax(prediction, axis=-1), c)
-      # confusion[t, p]: pixels of class t predicted as p (a matmul: no scatter).
-      confusion = jnp.einsum("...t,...p->tp", target_1hot, predicted_1hot,
-                             precision=jax.lax.Precision.HIGHEST)
-      task_sums = {"confusion": confusion.astype(jnp.int32)}
-    elif task.name == tasks_lib.DEPTH:
-      valid = losses_lib.valid_mask(task, target)[..., None]
-      error = jnp.abs(prediction - target) * valid
-      task_sums = {"abs": jnp.sum(error),
-                   "rel": jnp.sum(error / jnp.where(valid > 0, target, 1.0)),
-                   "count": jnp.sum(valid)}
-    else:
-      valid = losses_lib.valid_mask(task, target)
-      cosine = jnp.clip(jnp.sum(prediction * target, axis=-1), -1.0, 1.0)
-      angle = jnp.degrees(jnp.arccos(cosine))
-      bins = jnp.clip((angle * (HISTOGRAM_BINS / 180.0)).astype(jnp.int32), 0, HISTOGRAM_BINS - 1)
-      histogram = jnp.zeros(HISTOGRAM_BINS, jnp.int32).at[bins.ravel()].add(
-          valid.ravel().astype(jnp.int32))
-      task_sums = {"angle": jnp.sum(angle * valid), "count": jnp.sum(valid),
-                   "histogram": histogram}
-      for threshold in ANGLE_THRESHOLDS:
-        task_sums[f"below_{threshold}"] = jnp.sum((angle < threshold) * valid)
-    sums[task.name] = task_sums
+  sums = {task.name: task.kind.sums(task.channels, outputs[task.name], batch[task.name])
+          for task in tasks}
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums
-
-
-def histogram_median(histogram: np.ndarray) -> float:
-  """The median of the values binned in `histogram` (0.01-degree bins), as np.median defines it
-  (the mean of the two middle values for an even count), each value taken at its bin's centre."""
-  total = int(histogram.sum())
-  if total == 0:
-    return math.nan
-  cumulative = np.cumsum(histogram)
-  width = 180.0 / len(histogram)
-  lower = int(np.searchsorted(cumulative, (total - 1) // 2 + 1))  # bin of the ((n-1)//2)-th value
-  upper = int(np.searchsorted(cumulative, total // 2 + 1))  # bin of the (n//2)-th value
-  return (lower + upper + 1) * width / 2
-
-
-def _segmentation(confusion: np.ndarray, mode: str) -> dict[str, float]:
-  confusion = confusion.astype(np.float64)
-  diagonal = np.diag(confusion)
-  union = confusion.sum(0) + confusion.sum(1) - diagonal
-  with np.errstate(invalid="ignore", divide="ignore"):
-    iou = diagonal / union
-    accuracy = diagonal.sum() / confusion.sum()
-  miou = float(np.mean(iou)) if mode == "reference" else (
-      float(np.mean(iou[union > 0])) if np.any(union > 0) else math.nan)
-  return {"miou": miou, "pixel_accuracy": float(accuracy)}
-
-
-def _ratio(a, b) -> float:
-  return float(a / b) if b > 0 else math.nan
-
-
-def _depth(s: dict[str, Any]) -> dict[str, float]:
-  return {"abs_error": _ratio(s["abs"], s["count"]), "rel_error": _ratio(s["rel"], s["count"])}
-
-
-def _normal(s: dict[str, Any]) -> dict[str, float]:
-  out = {"angle_mean": _ratio(s["angle"], s["count"]),
-         "angle_median": histogram_median(np.asarray(s["histogram"]))}
-  for threshold in ANGLE_THRESHOLDS:
-    out[f"within_{threshold:g}"] = _ratio(s[f"below_{threshold}"], s["count"])
-  return out
 
 
 class Accumulator:
@@ -161,9 +85,8 @@ class Accumulator:
     if self.mode == "reference":
       self.batches += 1
       for task in self.tasks:
-        if task.name != tasks_lib.SEGMENTATION:
-          batch = sums[task.name]
-          per_batch = _depth(batch) if task.name == tasks_lib.DEPTH else _normal(batch)
+        if task.kind.batch_metrics is not None:
+          per_batch = task.kind.metrics(sums[task.name], self.mode)
           means = self.batch_mean_sums[task.name]
           for key, value in per_batch.items():
             means[key] = means.get(key, 0.0) + value
@@ -216,12 +139,10 @@ class Accumulator:
       s = self.sums.get(task.name)
       if s is None:
         raise ValueError("Accumulator.result: no batch was added")
-      if task.name == tasks_lib.SEGMENTATION:
-        values = _segmentation(s["confusion"], self.mode)
-      elif self.mode == "reference":
+      if self.mode == "reference" and task.kind.batch_metrics is not None:
         values = {k: v / self.batches for k, v in self.batch_mean_sums[task.name].items()}
       else:
-        values = _depth(s) if task.name == tasks_lib.DEPTH else _normal(s)
+        values = task.kind.metrics(s, self.mode)
       if self.loss_count:
         values = {"loss": self.loss_sums[task.name] / self.loss_count, **values}
       out[task.name] = values
@@ -243,35 +164,12 @@ def _pair_add(pair: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.stack([total, pair[1] + error])
 
 
-def _histogram_median_device(histogram: jax.Array) -> jax.Array:
-  """`histogram_median` on the device (NaN for an empty histogram)."""
-  total = jnp.sum(histogram)
-  cumulative = jnp.cumsum(histogram)
-  lower = jnp.searchsorted(cumulative, (total - 1) // 2 + 1)
-  upper = jnp.searchsorted(cumulative, total // 2 + 1)
-  median = (lower + upper + 1).astype(jnp.float32) * (90.0 / histogram.shape[0])
-  return jnp.where(total > 0, median, jnp.nan)
-
-
-def _per_batch_device(task_name: str, s: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """`_depth` / `_normal` of one batch's sums, on the device (NaN where nothing is valid)."""
-  ratio = lambda a, b: jnp.where(b > 0, a / jnp.where(b > 0, b, 1.0), jnp.nan)  # noqa: E731
-  if task_name == tasks_lib.DEPTH:
-    return {"abs_error": ratio(s["abs"], s["count"]), "rel_error": ratio(s["rel"], s["count"])}
-  out = {"angle_mean": ratio(s["angle"], s["count"]),
-         "angle_median": _histogram_median_device(s["histogram"])}
-  for threshold in ANGLE_THRESHOLDS:
-    out[f"within_{threshold:g}"] = ratio(s[f"below_{threshold}"], s["count"])
-  return out
-
-
 def sums_shapes(tasks) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
   """The shapes of `batch_sums` results (they do not depend on the batch's size)."""
   outputs, batch = {}, {}
   for task in tasks:
     outputs[task.name] = jax.ShapeDtypeStruct((1, 1, 1, task.channels), jnp.float32)
-    batch[task.name] = (jax.ShapeDtypeStruct((1, 1, 1), jnp.int32)
-                        if task.name == tasks_lib.SEGMENTATION
+    batch[task.name] = (jax.ShapeDtypeStruct((1, 1, 1), jnp.int32) if task.kind.labels
                         else jax.ShapeDtypeStruct((1, 1, 1, task.channels), jnp.float32))
   return jax.eval_shape(lambda o, b: batch_sums(tasks, o, b), outputs, batch)
 
@@ -287,8 +185,8 @@ def new_totals(tasks, mode: str = "exact", losses: bool = True) -> dict[str, Any
             "batch_means": {}, "losses": {}, "batches": np.zeros((), np.int32)}
   if mode == "reference":
     for task in tasks:
-      if task.name != tasks_lib.SEGMENTATION:
-        shape = jax.eval_shape(lambda s, n=task.name: _per_batch_device(n, s), sums[task.name])
+      if task.kind.batch_metrics is not None:
+        shape = jax.eval_shape(task.kind.batch_metrics, sums[task.name])
         totals["batch_means"][task.name] = {k: _pair() for k in shape}
   if losses:
     totals["losses"] = {t.name: _pair() for t in tasks}
@@ -306,7 +204,7 @@ def add_to_totals(totals: dict[str, Any], sums: dict[str, dict[str, jax.Array]],
                              jnp.issubdtype(v.dtype, jnp.floating) else v + sums[task][k])
                          for k, v in task_totals.items()}
   for task, means in totals["batch_means"].items():
-    per_batch = _per_batch_device(task, sums[task])
+    per_batch = task_kinds.get(task).batch_metrics(sums[task])
     new["batch_means"][task] = {k: _pair_add(v, per_batch[k]) for k, v in means.items()}
   for task, pair in totals["losses"].items():
     new["losses"][task] = _pair_add(pair, task_losses[task])

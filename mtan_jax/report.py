@@ -36,6 +36,7 @@ from mtan_jax import metrics as metrics_lib
 from mtan_jax import runlog
 from mtan_jax import runs as runs_lib
 from mtan_jax import schema
+from mtan_jax import task_kinds
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import registry
 
@@ -44,10 +45,9 @@ PAPER_FILE = pathlib.Path(__file__).with_name("paper_results.md")
 ARCHITECTURES = {name: registry.TITLES[name] for name in registry.MODEL_NAMES}
 
 
-PERCENT = {"miou", "pixel_accuracy", "within_11.25", "within_22.5", "within_30"}
-HEADERS = {"miou": "mIoU", "pixel_accuracy": "Pix Acc", "abs_error": "Abs Err",
-           "rel_error": "Rel Err", "angle_mean": "Mean", "angle_median": "Median",
-           "within_11.25": "11.25", "within_22.5": "22.5", "within_30": "30"}
+# Each metric's unit and header, as its task kind declares them.
+PERCENT = {name for name, m in task_kinds.METRICS.items() if m.percent}
+HEADERS = {name: m.header for name, m in task_kinds.METRICS.items()}
 # Runs whose defining fields (the config schema's) differ only in these are repeats of one
 # configuration: one row, mean ± std.
 REPEATS_DIFFER_IN = {"seed"}
@@ -282,7 +282,7 @@ def _format(metric: str, value: float) -> str:
     return "—"
   if metric in PERCENT:
     return f"{100 * value:.2f}"
-  return f"{value:.4f}" if metric in ("abs_error", "rel_error") else f"{value:.2f}"
+  return f"{value:.{task_kinds.METRICS[metric].digits}f}"
 
 
 def table(rows: list[Row], columns: list[tuple[str, str]]) -> str:

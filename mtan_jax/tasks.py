@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 from mtan_jax import datasets as datasets_lib
+from mtan_jax import task_kinds
 
 SEGMENTATION = "segmentation"
 DEPTH = "depth"
 NORMAL = "normal"
-TASK_NAMES = (SEGMENTATION, DEPTH, NORMAL)
+TASK_NAMES = task_kinds.NAMES  # every kind, declared in task_kinds.KINDS
 
 # The datasets of the paper (their facts: `mtan_jax.datasets`).
 NYUV2 = "nyuv2"
@@ -40,12 +41,17 @@ class Task:
   def __post_init__(self):
     if self.name not in TASK_NAMES:
       raise ValueError(f"Task.name: expected one of {TASK_NAMES}, found {self.name!r}")
-    expected = {DEPTH: 1, NORMAL: 3}.get(self.name)
+    expected = self.kind.channels
     if expected is not None and self.channels != expected:
       raise ValueError(f"Task.channels for {self.name!r}: expected {expected}, found {self.channels}")
-    if self.name == SEGMENTATION and self.channels < 2:
-      raise ValueError(f"Task.channels for 'segmentation': expected a class count >= 2, "
+    if expected is None and self.channels < 2:
+      raise ValueError(f"Task.channels for {self.name!r}: expected a class count >= 2, "
                        f"found {self.channels}")
+
+  @property
+  def kind(self) -> task_kinds.TaskKind:
+    """What the library knows of this task's kind: loss, metrics, activation, headers."""
+    return task_kinds.KINDS[self.name]
 
 
 def segmentation(num_classes: int) -> Task:

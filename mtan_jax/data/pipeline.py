@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mtan_jax import datasets as datasets_lib
+from mtan_jax import task_kinds
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.data import augment as augment_lib
 from mtan_jax.data import builders
@@ -143,8 +144,8 @@ class TaskSource:
                       f"built dataset is damaged: delete {folder} to rebuild it") from error
     example = {"image": np.asarray(record["image"], np.float32)}
     for task in self.tasks:
-      if task.name == tasks_lib.SEGMENTATION:
-        example["segmentation"] = np.asarray(record[self.label_field], np.int32)
+      if task.kind.labels:
+        example[task.name] = np.asarray(record[self.label_field], np.int32)
       else:
         example[task.name] = np.asarray(record[task.name], np.float32)
     self._check(example, k, record.get("index"))
@@ -152,7 +153,7 @@ class TaskSource:
 
   def _check(self, example: dict[str, np.ndarray], k: int, index) -> None:
     for name, array in example.items():
-      if name == "segmentation":
+      if name in task_kinds.KINDS and task_kinds.KINDS[name].labels:
         low, high = int(array.min()), int(array.max())
         if low < -1 or (self.num_classes is not None and high >= self.num_classes):
           found = low if low < -1 else high
@@ -218,7 +219,7 @@ def open_split(config: DataConfig, split: str, tasks: Sequence[tasks_lib.Task],
 
 def _zeros_like(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A padding example: zero image, every target invalid (-1 labels, 0 depth and normals)."""
-  return {k: (np.full_like(v, -1) if k == "segmentation" else np.zeros_like(v))
+  return {k: (task_kinds.KINDS[k].padding(v) if k in task_kinds.KINDS else np.zeros_like(v))
           for k, v in example.items()}
 
 

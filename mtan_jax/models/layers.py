@@ -240,11 +240,7 @@ def task_output(task: tasks_lib.Task, head_out: jax.Array) -> jax.Array:
   Segmentation: log-probabilities over classes. Depth: raw. Normals: divided by their L2 norm, with no
   epsilon, as the reference (an all-zero prediction gives NaN there too).
   """
-  if task.name == tasks_lib.SEGMENTATION:
-    return jax.nn.log_softmax(head_out, axis=-1)
-  if task.name == tasks_lib.NORMAL:
-    return head_out / jnp.linalg.norm(head_out, axis=-1, keepdims=True)
-  return head_out
+  return task.kind.activation(head_out)
 
 
 def check_image(x: jax.Array, model: str) -> None:
