@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 from mtan_jax import huge_pages  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import xla_cpu  # noqa: E402
-from mtan_jax import train  # noqa: E402
-from mtan_jax import train_step as step_lib  # noqa: E402
+from mtan_jax.dense import train  # noqa: E402
+from mtan_jax.dense import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
-from mtan_jax.config import TrainConfig  # noqa: E402
+from mtan_jax.dense.config import TrainConfig  # noqa: E402
 from mtan_jax.data.pipeline import DataConfig, Loader, open_split  # noqa: E402
 from mtan_jax.models import build_model  # noqa: E402
 

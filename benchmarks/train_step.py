@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 from mtan_jax import huge_pages  # noqa: E402
 from mtan_jax import tasks as tasks_lib  # noqa: E402
 from mtan_jax import xla_cpu  # noqa: E402
-from mtan_jax import train_step as step_lib  # noqa: E402
+from mtan_jax.dense import train_step as step_lib  # noqa: E402
 from mtan_jax import weighting as weighting_lib  # noqa: E402
 from mtan_jax.models import abstract_variables  # noqa: E402
 from mtan_jax.models import shared_parameter_names  # noqa: E402

@@ -19,5 +19,5 @@ from mtan_jax import huge_pages  # noqa: E402
 
 if __name__ == "__main__":
   huge_pages.restart_with_huge_pages()  # first: the restart repeats what came before
-  from mtan_jax import cli
+  from mtan_jax.dense import cli
   cli.main(sys.argv[1:], dataset="cityscapes")

@@ -1,5 +1,5 @@
 """Device plumbing shared by the trainers: where a run executes, replicated state, the pmapped-step
-factory, and what to say when a step does not fit the device's memory.
+factory, how a step that is not finite leaves the state as it was, and what to say when a step does not fit the device's memory.
 
 Every step is written for one device with collectives over the named axis `AXIS` and mapped with
 `jax.pmap` over the local devices (over every process's devices in a multi-host run).
@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 AXIS = "batch"
@@ -39,6 +40,19 @@ def unreplicate(tree: Any) -> Any:
   """A replicated pytree (the steps' outputs, one copy per device) as numpy, read from one
   addressable shard (indexing `x[0]` would gather every device's copy first)."""
   return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite (integer leaves, e.g. counts, pass)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def keep_where(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` where `finite` (a scalar bool, the same on every device) holds, else `old`, leaf by
+  leaf: how a step that is not finite leaves the state as it was."""
+  return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
 @dataclasses.dataclass

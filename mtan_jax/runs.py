@@ -20,7 +20,7 @@ import jax
 
 from mtan_jax import runlog
 from mtan_jax import tasks as tasks_lib
-from mtan_jax.config import TrainConfig
+from mtan_jax.dense.config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ def restore_model(run: Run):
   """(model, {"params", "batch_stats"}) of the run's latest checkpoint, for inference."""
   # Imported here: reading configs and records needs neither models nor checkpoints.
   from mtan_jax import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  from mtan_jax import train  # pylint: disable=import-outside-toplevel
+  from mtan_jax.dense import train  # pylint: disable=import-outside-toplevel
   from mtan_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
   config = run.config

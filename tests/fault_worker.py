@@ -33,7 +33,7 @@ def main():
   jax.config.update("jax_default_matmul_precision", "highest")  # the programs of the test process
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
 
-  from mtan_jax import cli  # pylint: disable=import-outside-toplevel
+  from mtan_jax.dense import cli  # pylint: disable=import-outside-toplevel
   from mtan_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
   def announce(text):

@@ -15,7 +15,7 @@ def config(workdir, tfds_dir, index):
   """The tiny run every process trains (the test runs it in its own process too, on 4 devices)."""
   import pathlib  # pylint: disable=import-outside-toplevel
 
-  from mtan_jax.config import TrainConfig  # pylint: disable=import-outside-toplevel
+  from mtan_jax.dense.config import TrainConfig  # pylint: disable=import-outside-toplevel
   from mtan_jax.data.pipeline import DataConfig  # pylint: disable=import-outside-toplevel
   return TrainConfig(model="split_standard", weighting="uncertainty", epochs=2, batch_size=4,
                      lr=1e-3, width_mult=1 / 16, workdir=str(workdir), progress=False, workers=1,
@@ -63,7 +63,7 @@ def main(workdir, tfds_dir, port, count, index, kind="dense"):
     from mtan_jax.decathlon import train as decathlon_train  # pylint: disable=import-outside-toplevel
     decathlon_train.run(decathlon_config(workdir), decathlon_tasks())
     return
-  from mtan_jax import train  # pylint: disable=import-outside-toplevel
+  from mtan_jax.dense import train  # pylint: disable=import-outside-toplevel
   save_params(train.run(config(workdir, tfds_dir, index)), workdir, index)
 
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from mtan_jax import cli
-from mtan_jax import config as config_lib
+from mtan_jax.dense import cli
+from mtan_jax.dense import config as config_lib
 from mtan_jax import report
 from mtan_jax import schema
-from mtan_jax import train
+from mtan_jax.dense import train
 from mtan_jax import weighting as weighting_lib
-from mtan_jax.config import ConfigError, TrainConfig
+from mtan_jax.dense.config import ConfigError, TrainConfig
 from mtan_jax.runs import Run
 from mtan_jax.schema import option
 
@@ -78,15 +78,18 @@ def test_weighting_options_come_from_the_scheme_and_unknown_ones_are_refused():
     TrainConfig(weighting="uncertainty", weighting_options={"temperature": 2.0}).validate()
 
 
-def test_configs_of_earlier_versions_are_read_with_their_dataset_and_temperature():
-  old = TrainConfig().to_dict()
-  old["data"]["dataset"] = "nyuv2"  # earlier versions left the data config's default here ...
-  old["dataset"] = "cityscapes"  # ... and kept the dataset beside it
-  old["temperature"] = 3.0
-  old["weighting"] = "dwa"
-  del old["weighting_options"]
-  config = TrainConfig.from_dict(old)
-  assert config.dataset == "cityscapes" and config.weighting_options == {"temperature": 3.0}
+def test_a_config_of_another_version_is_refused_naming_its_unknown_fields():
+  """Configs are not migrated: a field this version does not declare (a top-level "dataset", DWA's
+  "temperature", "grad_clip_norm", all of earlier versions) is named, with the file."""
+  saved = TrainConfig().to_dict()
+  for field, value in (("dataset", "cityscapes"), ("temperature", 3.0), ("grad_clip_norm", 0.0)):
+    with pytest.raises(ValueError, match=f"config.json: unknown field\\(s\\) {field}; expected "
+                                         f"those of TrainConfig"):
+      TrainConfig.from_dict({**saved, field: value}, "config.json")
+  with pytest.raises(ValueError, match=r"unknown field\(s\) data.release; expected those of "
+                                       r"DataConfig"):
+    TrainConfig.from_dict({**saved, "data": {**saved["data"], "release": "x"}}, "config.json")
+  assert TrainConfig.from_dict(saved) == TrainConfig()
 
 
 @pytest.mark.slow
@@ -112,7 +115,7 @@ def test_gradient_clipping_scales_only_the_shared_parameters_gradient():
   norm when above it, as PyTorch's clip_grad_norm_ (max_norm / (norm + 1e-6)); heads untouched."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mtan_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from mtan_jax.dense import train_step as step_lib  # pylint: disable=import-outside-toplevel
   config, _ = cli.parse(["--clip_grad_norm=1", "--workdir=w"], "nyuv2")
   assert config.clip_grad_norm == 1.0 and "clip_grad_norm" in schema.defining_paths(TrainConfig)
   shared = frozenset({"backbone", "att"})
@@ -129,12 +132,6 @@ def test_gradient_clipping_scales_only_the_shared_parameters_gradient():
   assert step_lib.clip_shared_gradient(grads, shared, 0.0) is grads  # 0: off
   with pytest.raises(ConfigError, match="--clip_grad_norm: expected a number >= 0, found -1.0"):
     dataclasses.replace(config, clip_grad_norm=-1.0).validate()
-  # A config.json of the version that clipped every gradient: a zero is read, another is refused.
-  saved = config.to_dict()
-  saved.pop("clip_grad_norm")
-  assert TrainConfig.from_dict({**saved, "grad_clip_norm": 0.0}).clip_grad_norm == 0.0
-  with pytest.raises(ValueError, match="grad_clip_norm .* is now clip_grad_norm"):
-    TrainConfig.from_dict({**saved, "grad_clip_norm": 1.0}, "config.json")
 
 
 def test_dataset_facts_come_from_the_registry():

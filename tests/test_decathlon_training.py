@@ -19,7 +19,7 @@ import pytest
 
 from mtan_jax import optim
 from mtan_jax import parallel
-from mtan_jax import train_step as step_lib
+from mtan_jax.dense import train_step as step_lib
 from mtan_jax.checkpoint import Checkpointer
 from mtan_jax.decathlon import data as data_lib
 from mtan_jax.decathlon import train as train_lib

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtan_jax import tasks as tasks_lib
-from mtan_jax import train_step
+from mtan_jax.dense import train_step
 from mtan_jax.models import MODEL_NAMES, abstract_variables, build_model, count_parameters
 
 NYU = tasks_lib.dataset_tasks("nyuv2")

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from mtan_jax import losses as losses_lib
-from mtan_jax import train_step as step_lib
+from mtan_jax.dense import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.models import build_model, layers, shared_parameter_names
 from mtan_jax.weighting import base

@@ -27,7 +27,7 @@ def test_a_methods_state_goes_through_the_loop_and_a_resume_exactly(name, toy_ru
   the extra forward pass, a gradient buffer, learned weights and epoch-0 losses; RLW's key and
   GLS's losses are arrays like these): finite records, and one epoch then --resume ends as the two
   epochs at once."""
-  from mtan_jax import train
+  from mtan_jax.dense import train
   from tests.test_train import tiny_config
 
   monkeypatch.setattr(train, "build_model", lambda *args, **kwargs: Toy())
@@ -46,7 +46,7 @@ def test_a_methods_state_goes_through_the_loop_and_a_resume_exactly(name, toy_ru
 
 
 def test_a_methods_flags_reach_its_config_and_others_are_refused(tmp_path, capsys):
-  from mtan_jax import cli
+  from mtan_jax.dense import cli
   config, _ = cli.parse(["--weighting=famo", "--famo_gamma=0.01", "--workdir=w"], "nyuv2")
   assert config.weighting == "famo"
   assert config.weighting_options == {"famo_gamma": 0.01, "famo_lr": 0.025}

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mtan_jax import train
+from mtan_jax.dense import train
 from mtan_jax import xla_cpu
 from tests.test_train import ROOT
 

@@ -7,12 +7,13 @@ import struct
 import numpy as np
 import pytest
 
-from mtan_jax import cli
+from mtan_jax import flags
+from mtan_jax.dense import cli
 from mtan_jax import plot
 from mtan_jax import report
 from mtan_jax import tasks as tasks_lib
-from mtan_jax import train
-from mtan_jax.config import TrainConfig
+from mtan_jax.dense import train
+from mtan_jax.dense.config import TrainConfig
 from mtan_jax.data.pipeline import DataConfig
 
 TWO_TASKS = ("segmentation", "depth")
@@ -35,7 +36,7 @@ def runs(tmp_path_factory):
                           workdir=str(root / name), progress=False, workers=1, steps_per_epoch=1,
                           data=DataConfig(tfds_dir=str(root / "tfds"), resolution=(32, 32),
                                           synthetic_size=(4, 2))))
-    cli.draw_curves(root / name)  # as the experiment scripts do after training
+    flags.draw_curves(root / name)  # as the experiment scripts do after training
     return root / name
 
   return {"split": make("split", "split_standard", TWO_TASKS),
@@ -222,7 +223,7 @@ def test_curves_refuse_runs_of_different_datasets_on_one_panel(runs, tmp_path):
   city = tmp_path / "city"
   shutil.copytree(runs["dep"], city)
   config = json.loads((city / "config.json").read_text())
-  config["dataset"] = "cityscapes"
+  config["data"]["dataset"] = "cityscapes"
   (city / "config.json").write_text(json.dumps(config))
   with pytest.raises(ValueError, match="runs of different datasets cannot share panels"):
     plot.curves([runs["dep"], city], tmp_path / "c.png")

@@ -16,12 +16,12 @@ import optax
 import pytest
 
 from mtan_jax import checkpoint as checkpoint_lib
-from mtan_jax import cli
+from mtan_jax.dense import cli
 from mtan_jax import rundir
-from mtan_jax import train
-from mtan_jax import train_step as step_lib
+from mtan_jax.dense import train
+from mtan_jax.dense import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
-from mtan_jax.config import ConfigError
+from mtan_jax.dense.config import ConfigError
 from mtan_jax.models import build_model
 from tests.test_release import NYU_SHAPES, write_release
 from tests.test_train import NYU, ROOT, shard, synthetic_batch, tiny_config, tiny_flags

@@ -14,9 +14,9 @@ import pytest
 
 from mtan_jax import parallel
 from mtan_jax import tasks as tasks_lib
-from mtan_jax import train
-from mtan_jax import train_step as step_lib
-from mtan_jax.config import TrainConfig
+from mtan_jax.dense import train
+from mtan_jax.dense import train_step as step_lib
+from mtan_jax.dense.config import TrainConfig
 from mtan_jax.data import DataError
 from mtan_jax.data import synthetic
 from mtan_jax.data.pipeline import DataConfig

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mtan_jax import train_step as step_lib
+from mtan_jax.dense import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
 from mtan_jax.models import MODEL_NAMES, build_model
 from tests.test_train import NYU, shard, synthetic_batch

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mtan_jax import cli
+from mtan_jax.dense import cli
 from mtan_jax import xla_cpu
 from mtan_jax.decathlon import cli as decathlon_cli
 from tests.test_train import ROOT
@@ -109,7 +109,7 @@ def test_the_command_lines_set_the_option_first(main, monkeypatch):
 
 def test_importing_the_command_lines_starts_no_jax_backend():
   """The option would come too late if an import computed with JAX."""
-  probe = ("import mtan_jax.cli, mtan_jax.decathlon.cli, mtan_jax.train, mtan_jax.decathlon.train\n"
+  probe = ("import mtan_jax.dense.cli, mtan_jax.decathlon.cli, mtan_jax.dense.train, mtan_jax.decathlon.train\n"
            "from jax._src import xla_bridge\n"
            "print(xla_bridge.backends_are_initialized())")
   done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from mtan_jax import cli as dense_cli
+from mtan_jax import flags
 from mtan_jax import huge_pages
 from mtan_jax import xla_cpu
 from mtan_jax.decathlon.config import QUICK_PRESET, DecathlonConfig
@@ -17,16 +17,17 @@ def parser() -> argparse.ArgumentParser:
       description="Train the MTAN on the Visual Decathlon (WRN-28-4, ten classification tasks). "
       "Without --data_dir: the built-in synthetic stand-in with the quick preset, which any flag "
       "overrides; with it (the release's decathlon-1.0-data folder): the reference's recipe.")
-  dense_cli.add_schema_flags(p, DecathlonConfig, QUICK_PRESET)
+  flags.add_schema_flags(p, DecathlonConfig, QUICK_PRESET,
+                         {"workdir": "runs/decathlon[_synthetic]_seed<seed>"})
   return p
 
 
 def parse(argv: list[str] | None) -> DecathlonConfig:
-  given = dense_cli.by_flag(DecathlonConfig, parser().parse_args(argv))
+  given = flags.by_flag(DecathlonConfig, parser().parse_args(argv))
   synthetic = given.get("release_dir") is None
   values = {**(QUICK_PRESET if synthetic else {}), **given}
   for folder in ("release_dir", "annotations_dir"):
-    values[folder] = dense_cli.absolute_folder(values.get(folder))
+    values[folder] = flags.absolute_folder(values.get(folder))
   values.setdefault("workdir", f"runs/decathlon{'_synthetic' if synthetic else ''}_seed"
                                f"{values.get('seed', 0)}")
   return DecathlonConfig(**values)
@@ -55,9 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
                                      progress=config.progress)
       print(f"Training on the Decathlon release {config.release_dir} (WRN-{config.depth}-"
             f"{config.widen_factor}, {config.epochs} epochs) into {config.workdir}.", flush=True)
-    dense_cli.enable_compilation_cache(config.compilation_cache)
+    flags.enable_compilation_cache(config.compilation_cache)
     summary = train.run(config, tasks)
-    dense_cli.draw_curves(config.workdir)
+    flags.draw_curves(config.workdir)
     _say_summary(summary, config)
     return summary
 

@@ -30,7 +30,6 @@ from mtan_jax import harness
 from mtan_jax import optim
 from mtan_jax import parallel
 from mtan_jax import runlog
-from mtan_jax import train_step as step_lib
 from mtan_jax.decathlon import data as data_lib
 from mtan_jax.decathlon import results as results_lib
 from mtan_jax.decathlon import score as score_lib
@@ -133,9 +132,9 @@ def train_step(state: State, batch: dict, lr: jax.Array, *, model: wrn.WideResNe
   updates, opt_state = optimizer.update(grads, opt_state, state.params,
                                         used=wrn.used_by_task(state.params, task))
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(mean) & step_lib.all_finite((grads, params, batch_stats))
+  finite = jnp.isfinite(mean) & parallel.all_finite((grads, params, batch_stats))
   finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
-  new_state = state.replace(step=state.step + 1, **step_lib.keep_where(
+  new_state = state.replace(step=state.step + 1, **parallel.keep_where(
       finite, {"params": params, "batch_stats": batch_stats, "opt_state": opt_state},
       {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state}))
   return new_state, {"loss_sum": mean * jax.lax.psum(count, axis_name),

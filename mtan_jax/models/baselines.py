@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import layers
 from mtan_jax.models import pooling
-from mtan_jax.models import segnet
+from mtan_jax.models.backbones import segnet
 
 
 class SplitSegNet(nn.Module):

@@ -16,7 +16,7 @@ import numpy as np
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import baselines
 from mtan_jax.models import mtan
-from mtan_jax.models import segnet
+from mtan_jax.models.backbones import segnet
 from mtan_jax.models import wrn
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from mtan_jax import tasks as tasks_lib
 from mtan_jax.models import registry
-from mtan_jax.models import segnet
+from mtan_jax.models.backbones import segnet
 
 # One entry: (flax module path, torch module prefix, "conv" | "linear" | "bn").
 Entry = tuple[tuple[str, ...], str, str]

@@ -17,16 +17,16 @@ from typing import Any, NamedTuple
 import jax
 
 from mtan_jax import checkpoint as checkpoint_lib
-from mtan_jax import config as config_lib
+from mtan_jax.dense import config as config_lib
 from mtan_jax import datasets as datasets_lib
 from mtan_jax import harness
 from mtan_jax import metrics as metrics_lib
 from mtan_jax import parallel
 from mtan_jax import runlog
 from mtan_jax import tasks as tasks_lib
-from mtan_jax import train_step as step_lib
+from mtan_jax.dense import train_step as step_lib
 from mtan_jax import weighting as weighting_lib
-from mtan_jax.config import TrainConfig
+from mtan_jax.dense.config import TrainConfig
 from mtan_jax.data import pipeline
 from mtan_jax.models import abstract_variables
 from mtan_jax.models import build_model

@@ -26,7 +26,7 @@ import optax
 
 from mtan_jax import losses as losses_lib
 from mtan_jax import metrics as metrics_lib
-from mtan_jax.parallel import AXIS, replicate, unreplicate  # noqa: F401  (the steps' axis)
+from mtan_jax.parallel import AXIS, all_finite, keep_where, replicate, unreplicate  # noqa: F401  (the steps' axis)
 from mtan_jax.weighting import Weighting
 from mtan_jax.weighting.base import combine_gradients, gram_matrix
 
@@ -109,19 +109,6 @@ def clip_shared_gradient(model_grads: dict, shared: frozenset[str], max_norm: fl
 def _task_losses(tasks, outputs, batch, axis_name):
   return {t.name: losses_lib.mean_over_axis(
       *losses_lib.task_loss_sums(t, outputs[t.name], batch[t.name]), axis_name) for t in tasks}
-
-
-def all_finite(tree) -> jax.Array:
-  """True when every floating-point leaf of `tree` is finite (integer leaves, e.g. counts, pass)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def keep_where(finite: jax.Array, new: Any, old: Any) -> Any:
-  """`new` where `finite` (a scalar bool, the same on every device) holds, else `old`, leaf by
-  leaf: how a step that is not finite leaves the state as it was."""
-  return jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
 
 
 def _loss_vector(forward, batch, tasks, weighting: Weighting, devices: int, axis_name: str):

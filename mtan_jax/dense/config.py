@@ -136,22 +136,10 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-    """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors). Configs
-    of earlier versions (a top-level "dataset", DWA's "temperature", a zero "grad_clip_norm") are
-    read too."""
+    """The config `to_dict` wrote (e.g. a run's config.json, named by `source` in errors). A field
+    this version does not declare is refused by name: configs are not migrated between versions."""
     values = dict(values)
     data = dict(values.pop("data", {}))
-    if "dataset" in values:  # earlier versions kept the dataset beside the data config
-      data["dataset"] = values.pop("dataset")
-    if "grad_clip_norm" in values:  # before clip_grad_norm (all parameters, not the shared)
-      if values.pop("grad_clip_norm"):
-        raise ValueError(f"{source}: grad_clip_norm (clipping of every gradient) is now "
-                         f"clip_grad_norm (the shared parameters' gradient); this run clipped "
-                         f"every gradient, which this version does not do")
-    if "temperature" in values:
-      temperature = values.pop("temperature")
-      if values.get("weighting") == "dwa":
-        values.setdefault("weighting_options", {"temperature": temperature})
     for name, known, given in (("", cls, values), ("data.", DataConfig, data)):
       unknown = set(given) - {f.name for f in dataclasses.fields(known)}
       if unknown:
@@ -166,7 +154,8 @@ class TrainConfig:
     return cls(data=DataConfig(**data), **values)
 
 
-def _migrated(saved: dict[str, Any], cls, source: str) -> dict[str, Any]:
+def _read_back(saved: dict[str, Any], cls, source: str) -> dict[str, Any]:
+  """`saved` read as a config and written again: checked, with its tuples as `to_dict` writes them."""
   return json.loads(json.dumps(cls.from_dict(saved, source).to_dict()))
 
 
@@ -174,10 +163,10 @@ def differences(saved: dict[str, Any], config: TrainConfig, source: str,
                 defining: bool = True) -> list[str]:
   """The fields that define the run (or, `defining=False`, the others) on which a saved config
   (config.json, a checkpoint's record) and `config` differ, as readable lines."""
-  return schema.differences(_migrated(saved, type(config), source), config, source, defining)
+  return schema.differences(_read_back(saved, type(config), source), config, source, defining)
 
 
 def changes_on_resume(saved: dict[str, Any], config: TrainConfig,
                       source: str) -> dict[str, list[Any]]:
-  """`schema.changes_on_resume` of a saved config of any version."""
-  return schema.changes_on_resume(_migrated(saved, type(config), source), config)
+  """`schema.changes_on_resume` of a saved config."""
+  return schema.changes_on_resume(_read_back(saved, type(config), source), config)
