@@ -3,7 +3,7 @@
 `data/reference_state_dict_shapes.json.gz` lists the key names and shapes of the reference models'
 `state_dict()` (stage widths 8, 16, 32, 64, 64), read off the official code; the tests fill them with
 random arrays. Numerical agreement with the PyTorch forward pass itself was checked outside the
-project (see the README's section on importing weights).
+project (see docs/models.md, on importing weights).
 """
 
 import gzip
